@@ -52,16 +52,19 @@ DROPPED_PREFIXES = ('features.18.', 'classifier.')
 # (expand_ratio, num_blocks) per mmseg layer: the shared arch table of
 # torchvision's inverted_residual_setting and mmseg's MobileNetV2.arch_settings.
 _ARCH = ((1, 1), (6, 2), (6, 3), (6, 4), (6, 3), (6, 3), (6, 1))
-_NUM_BLOCKS = sum(n for _, n in _ARCH)  # 17 -> features.1 .. features.17
 
-# torchvision feature index -> (mmseg layer name, block index, ConvBNReLU count).
-_BLOCKS: Dict[int, tuple] = {}
-_feat = 1
-for _layer, (_ratio, _n) in enumerate(_ARCH, start=1):
-    for _b in range(_n):
-        _BLOCKS[_feat] = (f'layer{_layer}', _b, 1 if _ratio == 1 else 2)
-        _feat += 1
-del _feat, _layer, _ratio, _n, _b
+
+def _block_table() -> Dict[int, tuple]:
+    """torchvision feature index (1..17) -> (mmseg layer, block, #ConvBNReLU)."""
+    table, feat = {}, 1
+    for layer, (ratio, num_blocks) in enumerate(_ARCH, start=1):
+        for block in range(num_blocks):
+            table[feat] = (f'layer{layer}', block, 1 if ratio == 1 else 2)
+            feat += 1
+    return table
+
+
+_BLOCKS = _block_table()
 
 _STEM_RE = re.compile(r'^features\.0\.([01])\.(.+)$')
 _BLOCK_RE = re.compile(r'^features\.(\d+)\.conv\.(\d+)\.(?:([01])\.)?(.+)$')
