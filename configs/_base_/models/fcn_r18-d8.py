@@ -1,0 +1,9 @@
+# FCN with a ResNet-18-d8 backbone (channel sizes of mmseg's fcn_r18-d8 configs), 21 VOC classes,
+# plain BN and frozen backbone BN statistics (norm_eval=True), as in the paper's protocol.
+_base_ = 'mmseg::_base_/models/fcn_r50-d8.py'
+norm_cfg = dict(type='BN', requires_grad=True)
+model = dict(
+    pretrained='open-mmlab://resnet18_v1c',
+    backbone=dict(depth=18, norm_cfg=norm_cfg, norm_eval=True),
+    decode_head=dict(in_channels=512, channels=128, num_classes=21, norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_channels=256, channels=64, num_classes=21, norm_cfg=norm_cfg))
