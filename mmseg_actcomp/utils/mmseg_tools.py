@@ -1,0 +1,96 @@
+"""Run mmseg's packaged tools (``mmseg/.mim/tools``) unchanged, turning the few errors a user of this
+plugin meets first into messages that say what to do.
+
+The tool itself runs exactly as ``python <site-packages>/mmseg/.mim/tools/train.py ...`` would: these
+wrappers exist so users without an mmseg checkout can type ``python tools/train.py CONFIG``.
+"""
+import difflib
+import glob
+import os
+import os.path as osp
+import re
+import runpy
+import sys
+
+PLUGIN_TYPES = ('ActivationCompressionHook', 'SVDConv2d', 'HOSVDConv2d')
+CUSTOM_IMPORTS_LINE = "custom_imports = dict(imports=['mmseg_actcomp'], allow_failed_imports=False)"
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def find_mmseg_tool(name):
+    """Path of mmseg's packaged tool ``name`` (e.g. 'train.py', 'test.py')."""
+    import mmseg
+    path = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', name)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'mmseg {mmseg.__version__} ships no tools/{name} at {path}; '
+                                'reinstall mmsegmentation==1.2.2 (tools/install.sh)')
+    return path
+
+
+def _registry_keys(scope, registry_name):
+    """Every type name a registry (and its parents) can build, for 'did you mean' hints."""
+    import mmengine.registry as engine_registries
+    import mmseg.registry as seg_registries
+    keys = set()
+    for module in (seg_registries, engine_registries):
+        for reg in vars(module).values():
+            if getattr(reg, 'name', None) == registry_name and hasattr(reg, 'module_dict'):
+                while reg is not None:
+                    keys.update(reg.module_dict)
+                    reg = reg.parent
+    return sorted(keys)
+
+
+def _close(word, candidates):
+    matches = difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ''
+
+
+def explain_error(exc):
+    """A message saying what to do for the errors users of this plugin meet first, else None.
+
+    Handles: a config file that does not exist, a type that is not registered (usually a missing
+    ``custom_imports``), and a dataset folder or split file that does not exist.
+    """
+    text = str(exc)
+    if isinstance(exc, FileNotFoundError) and str(exc.filename or '').endswith('.py'):
+        path = exc.filename
+        names = [osp.relpath(p, REPO_ROOT) for p in glob.glob(osp.join(REPO_ROOT, 'configs', '**', '*.py'),
+                                                                recursive=True)]
+        hint = _close(osp.relpath(osp.abspath(path), REPO_ROOT), names)
+        return f'Config file {path!r} does not exist.{hint} The configs are under configs/.'
+    m = re.search(r'(\w+) is not in the (?:(\w+)::)?(\w+) registry', text)
+    if isinstance(exc, KeyError) and m:
+        name, scope, registry_name = m.groups()
+        if name in PLUGIN_TYPES or name.endswith(('Conv2d', 'CompressionHook')):
+            return (f'{name!r} is a type of the mmseg-actcomp plugin, which this config does not import. '
+                    f'Add this line to the config:\n    {CUSTOM_IMPORTS_LINE}')
+        return (f'{name!r} is not a registered {registry_name} type.'
+                f'{_close(name, _registry_keys(scope, registry_name))}')
+    m = re.search(r'Failed to load `ann_file` (\S+)', text)
+    if isinstance(exc, AssertionError) and m:
+        data_root = osp.dirname(osp.dirname(osp.dirname(m.group(1))))
+        return (f'Dataset not found: {m.group(1)} does not exist, so data_root {data_root!r} holds no '
+                'Pascal VOC aug tree. Prepare the real data as data/README.md says, or build the bundled '
+                'sample with `python tools/make_sample_voc.py`, or point the config at your data, e.g. '
+                '--cfg-options train_dataloader.dataset.datasets.0.data_root=DIR '
+                'train_dataloader.dataset.datasets.1.data_root=DIR val_dataloader.dataset.data_root=DIR')
+    return None
+
+
+def run_mmseg_tool(name, argv=None):
+    """Run mmseg's packaged tool ``name`` as ``__main__`` with ``argv`` (default: this process's).
+
+    On a known user error, print what to do and exit 1 instead of showing mmengine's traceback
+    (set MMSEG_ACTCOMP_TRACEBACK=1 to see it too).
+    """
+    path = find_mmseg_tool(name)
+    sys.argv = [path] + list(sys.argv[1:] if argv is None else argv)
+    try:
+        runpy.run_path(path, run_name='__main__')
+    except (FileNotFoundError, KeyError, AssertionError) as exc:
+        message = explain_error(exc)
+        if message is None or os.environ.get('MMSEG_ACTCOMP_TRACEBACK'):
+            raise
+        print(f'\nerror: {message}', file=sys.stderr)
+        sys.exit(1)
