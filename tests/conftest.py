@@ -1,0 +1,26 @@
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SAMPLE_CONFIG = osp.join(REPO, 'configs', 'sample', 'deeplabv3_r18-d8_1xb2-20it_vocsample-128x128.py')
+
+
+@pytest.fixture(scope='session')
+def sample_workspace(tmp_path_factory):
+    """A folder holding ``data/sample_voc`` (seed 0), used as the cwd of training runs, since the
+    sample configs name their data relative to the working directory as mmseg's configs do."""
+    root = tmp_path_factory.mktemp('workspace')
+    subprocess.run([sys.executable, osp.join(REPO, 'tools', 'make_sample_voc.py'),
+                    '--out', str(root / 'data' / 'sample_voc'), '--seed', '0'], check=True)
+    return root
+
+
+def run_tool(args, cwd, timeout=600):
+    """Run a Python tool as a user would; return the CompletedProcess (stdout+stderr merged)."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    return subprocess.run([sys.executable] + [str(a) for a in args], cwd=cwd, env=env, timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
