@@ -1,0 +1,203 @@
+r"""Truncated SVD and HOSVD (Tucker) of activation tensors, ranks chosen by explained variance.
+
+Both methods are the same operation on different sets of modes. A truncated Tucker decomposition along
+the modes ``M`` keeps, for each ``n`` in ``M``, the ``r_n`` leading left singular vectors ``U_n`` of the
+mode-n unfolding (``r_n`` the smallest rank explaining a fraction ``eps`` of its energy), and the core
+``S = x \times_{n in M} U_n^T``; ``x ~ S \times_{n in M} U_n``.
+
+* HOSVD: ``M`` = all four modes of ``x: (B, C, H, W)``.
+* SVD along the batch mode: ``M = {0}``. The core ``U_1^T X_(1)`` is ``Sigma V^T`` reshaped to
+  ``(k, C, H, W)``: the singular values are folded into the right factor, so the kept elements are
+  ``k * (B + C*H*W)``.
+
+The singular vectors come from ``torch.linalg.eigh`` of the small Gram matrix ``X_(n) X_(n)^T``
+(``I_n x I_n``; its eigenvalues are ``sigma^2``) instead of a full SVD of the wide unfolding, which is what
+makes compression cheap. Unfoldings taller than wide (``I_n`` larger than the product of the other sizes)
+go through a thin ``torch.linalg.svd`` instead, whose cost is then the smaller one.
+"""
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .rank import rank_from_explained_variance, validate_explained_variance
+from .tensor_ops import mode_gram, multi_mode_product, unfold
+
+#: The modes each method truncates, for a ``(B, C, H, W)`` activation.
+METHODS = {'svd': (0,), 'hosvd': (0, 1, 2, 3)}
+
+# Spectral problems up to this size are solved in float64: next to forming the Gram from a whole
+# activation that costs little, and it keeps the small eigenvalues (the tail at eps close to 1) exact.
+_FLOAT64_SPECTRUM_MAX_SIZE = 1024
+
+
+class NonFiniteActivationError(FloatingPointError):
+    """Raised when an activation to compress holds NaN or Inf: its spectrum, hence its ranks, are
+    undefined, and storing it compressed would silently turn the weight gradient into garbage."""
+
+
+class Tucker(NamedTuple):
+    r"""A truncated Tucker decomposition ``x ~ core \times_n factors[n]`` (over the non-None factors).
+
+    Attributes:
+        core: ``(R_1, ..., R_N)`` where ``R_n = r_n`` for a truncated mode and ``I_n`` for a mode kept
+            whole.
+        factors: ``N`` entries; entry ``n`` is ``U_n: (I_n, r_n)`` with orthonormal columns, or ``None``
+            for a mode kept whole (an identity factor, not stored).
+    """
+    core: Tensor
+    factors: Tuple[Optional[Tensor], ...]
+
+    @property
+    def modes(self) -> Tuple[int, ...]:
+        """The truncated modes, ascending."""
+        return tuple(n for n, factor in enumerate(self.factors) if factor is not None)
+
+    @property
+    def ranks(self) -> Tuple[int, ...]:
+        """``r_n`` for each truncated mode, in ``modes`` order: ``(k,)`` for SVD, ``(r1, r2, r3, r4)`` for
+        HOSVD."""
+        return tuple(self.core.shape[n] for n in self.modes)
+
+    @property
+    def shape(self) -> torch.Size:
+        """Shape ``(I_1, ..., I_N)`` of the decomposed tensor."""
+        return torch.Size(size if factor is None else factor.shape[0]
+                          for size, factor in zip(self.core.shape, self.factors))
+
+    @property
+    def tensors(self) -> Tuple[Tensor, ...]:
+        """Everything stored: the core, then the factors of ``modes``."""
+        return (self.core,) + tuple(self.factors[n] for n in self.modes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of ``tensors``."""
+        return sum(t.numel() * t.element_size() for t in self.tensors)
+
+    @classmethod
+    def from_tensors(cls, tensors: Sequence[Tensor], modes: Sequence[int]) -> 'Tucker':
+        """Inverse of ``tensors``: ``tensors`` = (core, U_n for n in ``modes``)."""
+        factors = [None] * tensors[0].dim()
+        for mode, factor in zip(modes, tensors[1:]):
+            factors[mode] = factor
+        return cls(tensors[0], tuple(factors))
+
+
+def _work_dtype(x: Tensor, explained_variance: float) -> torch.dtype:
+    """dtype of the decomposition arithmetic for ``x``.
+
+    float32 for half-precision inputs (an fp16 Gram overflows and a bf16 one loses the spectrum's tail);
+    float64 for float64 inputs and at ``eps = 1``, which asks for an exact decomposition: a float32 Gram
+    only resolves singular values down to about ``sqrt(I_n * 1e-7)`` of the largest.
+    """
+    if x.dtype == torch.float64 or explained_variance >= 1.0:
+        return torch.float64
+    return torch.float32
+
+
+def _require_finite(values: Tensor, name: str, mode: int) -> None:
+    if not bool(torch.isfinite(values).all()):
+        raise NonFiniteActivationError(
+            f'{name}: the activation to compress contains NaN or Inf (seen in its mode-{mode} '
+            f'unfolding), so no rank can be chosen for it; the forward pass has diverged upstream')
+
+
+def _spectrum(x: Tensor, mode: int, name: str) -> Tuple[Tensor, Tensor, float]:
+    """Squared singular values ``(m,)`` (descending), left singular vectors ``(I_n, m)`` and the relative
+    rounding floor of the former, for the mode-``mode`` unfolding of ``x``."""
+    size = x.shape[mode]
+    spectral_dtype = torch.float64 if size <= _FLOAT64_SPECTRUM_MAX_SIZE else x.dtype
+    if size <= x.numel() // size:
+        gram = mode_gram(x, mode)
+        # The diagonal holds the squared norms of the mode-n slices: finite iff every element of x is.
+        _require_finite(gram.diagonal(), name, mode)
+        eigenvalues, vectors = torch.linalg.eigh(gram.to(spectral_dtype))
+        # The Gram is only as accurate as the dtype it was accumulated in.
+        rtol = size * torch.finfo(gram.dtype).eps
+        return eigenvalues.flip(0), vectors.flip(1), rtol
+    matrix = unfold(x, mode)
+    _require_finite(matrix, name, mode)
+    vectors, singular_values, _ = torch.linalg.svd(matrix.to(spectral_dtype), full_matrices=False)
+    rtol = (size * torch.finfo(spectral_dtype).eps) ** 2
+    return singular_values.square(), vectors, rtol
+
+
+def leading_singular_vectors(x: Tensor, mode: int, explained_variance: float,
+                             name: str = 'activation') -> Tensor:
+    """Leading left singular vectors of the mode-``mode`` unfolding of ``x``, explaining a fraction
+    ``explained_variance`` of its energy (see :func:`rank_from_explained_variance`).
+
+    Args:
+        x: tensor ``(I_1, ..., I_N)``, float32 or float64 (the dtype the arithmetic runs in).
+        mode: the mode ``n``.
+        explained_variance: ``eps`` in ``(0, 1]``.
+        name: names the activation in errors.
+
+    Returns:
+        ``U_n: (I_n, r_n)`` with orthonormal columns, dtype of ``x``; ``r_n = 0`` iff ``x`` is all zero.
+
+    Raises:
+        NonFiniteActivationError: ``x`` holds NaN or Inf.
+    """
+    eigenvalues, vectors, rtol = _spectrum(x, mode, name)
+    rank = rank_from_explained_variance(eigenvalues, explained_variance, rtol)
+    return vectors[:, :rank].to(x.dtype)
+
+
+def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
+             name: str = 'activation') -> Tucker:
+    r"""Truncated Tucker decomposition of ``x`` along ``modes``, ranks by explained variance.
+
+    Args:
+        x: ``(B, C, H, W)`` (any number of modes works), float16, bfloat16, float32 or float64, any
+            memory format; must not be empty. Not differentiated through.
+        explained_variance: ``eps`` in ``(0, 1]``; at 1 the decomposition is exact up to rounding.
+        modes: the modes to truncate, e.g. ``METHODS['svd']`` or ``METHODS['hosvd']``.
+        name: names the activation in errors (layers pass their ``layer_name``).
+
+    Returns:
+        :class:`Tucker` whose core and factors have the dtype and device of ``x``. The decomposition
+        itself runs in float32 (float64 for float64 inputs or ``eps = 1``).
+
+    Raises:
+        ValueError: ``explained_variance`` outside ``(0, 1]``, or ``x`` empty.
+        NonFiniteActivationError: ``x`` holds NaN or Inf.
+    """
+    explained_variance = validate_explained_variance(explained_variance)
+    if x.numel() == 0:
+        raise ValueError(f'{name}: cannot compress an empty tensor of shape {tuple(x.shape)}')
+    with torch.no_grad():
+        work = x.detach().to(_work_dtype(x, explained_variance), memory_format=torch.contiguous_format)
+        bases = {n: leading_singular_vectors(work, n, explained_variance, name) for n in modes}
+        core = multi_mode_product(work, {n: u.mT for n, u in bases.items()})
+    factors = tuple(bases[n].to(x.dtype) if n in bases else None for n in range(x.dim()))
+    return Tucker(core.to(x.dtype), factors)
+
+
+def svd(x: Tensor, explained_variance: float, name: str = 'activation') -> Tucker:
+    """Truncated SVD of the batch unfolding ``(B, C*H*W)`` of ``x: (B, C, H, W)``; see :func:`compress`.
+
+    Returns:
+        :class:`Tucker` with core ``(k, C, H, W)`` (``Sigma V^T``) and factors ``(U: (B, k), None, None,
+        None)``.
+    """
+    return compress(x, explained_variance, METHODS['svd'], name)
+
+
+def hosvd(x: Tensor, explained_variance: float, name: str = 'activation') -> Tucker:
+    """Truncated HOSVD of ``x: (B, C, H, W)``; see :func:`compress`.
+
+    Returns:
+        :class:`Tucker` with core ``(r1, r2, r3, r4)`` and factors ``U_n: (I_n, r_n)``.
+    """
+    return compress(x, explained_variance, METHODS['hosvd'], name)
+
+
+def reconstruct(tucker: Tucker) -> Tensor:
+    r"""``core \times_n U_n`` over the stored factors: the tensor the decomposition stands for.
+
+    Returns:
+        Tensor of shape ``tucker.shape``, dtype of the core.
+    """
+    return multi_mode_product(tucker.core, {n: tucker.factors[n] for n in tucker.modes})

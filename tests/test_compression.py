@@ -1,0 +1,266 @@
+"""Tests of mmseg_actcomp.compression: mode algebra, rank rule, truncated SVD / HOSVD, storage size."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmseg_actcomp.compression import (METHODS, NonFiniteActivationError, Tucker, compress, hosvd,
+                                       mode_gram, mode_product, multi_mode_product,
+                                       rank_from_explained_variance, reconstruct, storage_bytes,
+                                       storage_elements, svd, svd_storage_elements,
+                                       tucker_storage_elements, unfold, validate_explained_variance)
+
+EPSILONS = (0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+def low_rank_activation(shape, components=6, noise=0.2, seed=0, dtype=torch.float32):
+    """``ReLU(sum_j a_j (x) c_j (x) s_j / j + noise)``: batch and channel loadings times smooth spatial
+    fields with decaying weight, plus noise, rectified; ``shape = (B, C, H, W)``. Its spectra decay in
+    every mode without being exactly low-rank, like a conv activation's."""
+    g = torch.Generator().manual_seed(seed)
+    b, c, h, w = shape
+    coarse = torch.randn(components, 1, 3, 3, generator=g)
+    fields = F.interpolate(coarse, size=(h, w), mode='bilinear', align_corners=True)[:, 0]
+    weights = 1.0 / torch.arange(1, components + 1)
+    x = torch.einsum('j,bj,cj,jhw->bchw', weights, torch.randn(b, components, generator=g),
+                     torch.randn(c, components, generator=g), fields)
+    x = x + noise * x.std() * torch.randn(shape, generator=g)
+    return x.relu().to(dtype)
+
+
+def explained_variance_curve(x, mode):
+    """Cumulative explained variance of the mode-``mode`` unfolding, from an exact float64 SVD."""
+    energy = torch.linalg.svdvals(unfold(x.double(), mode)).square()
+    return energy.cumsum(0) / energy.sum()
+
+
+def assert_rank_meets_threshold(rank, curve, eps):
+    """``rank`` is the smallest ``k`` with ``curve[k - 1] >= eps``."""
+    assert curve[rank - 1] >= eps, (rank, curve[rank - 1].item(), eps)
+    assert rank == 1 or curve[rank - 2] < eps, (rank, curve[rank - 2].item(), eps)
+
+
+# --- mode algebra ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('mode', range(4))
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_mode_gram_and_product_match_unfolding(mode, channels_last):
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    unfolded = unfold(x, mode)
+    assert unfolded.shape == (x.shape[mode], x.numel() // x.shape[mode])
+    torch.testing.assert_close(mode_gram(x, mode), unfolded @ unfolded.T)
+    matrix = torch.randn(2, x.shape[mode], dtype=torch.float64)
+    product = mode_product(x, matrix, mode)
+    torch.testing.assert_close(unfold(product, mode), matrix @ unfolded)
+
+
+def test_multi_mode_product_is_order_independent():
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    matrices = {n: torch.randn(2 + n, x.shape[n], dtype=torch.float64) for n in range(4)}
+    sequential = x
+    for n in range(4):
+        sequential = mode_product(sequential, matrices[n], n)
+    torch.testing.assert_close(multi_mode_product(x, matrices), sequential)
+    assert multi_mode_product(x, {}) is x
+
+
+# --- rank rule ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('eps, rank', [(0.1, 1), (0.4, 1), (0.41, 2), (0.7, 2), (0.71, 3), (0.9, 3),
+                                       (0.95, 4), (1.0, 4)])
+def test_rank_from_explained_variance(eps, rank):
+    # Explained variance of [4, 3, 2, 1] / 10: 0.4, 0.7, 0.9, 1.0.
+    eigenvalues = torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64)
+    assert rank_from_explained_variance(eigenvalues, eps, rtol=1e-12) == rank
+
+
+def test_rank_edge_cases():
+    # All zero: rank 0 at any threshold, no division by zero.
+    assert rank_from_explained_variance(torch.zeros(5), 0.8, 1e-7) == 0
+    assert rank_from_explained_variance(torch.zeros(5), 1.0, 1e-7) == 0
+    # Rounding noise of a semi-definite Gram: negative values count as zero components.
+    noisy = torch.tensor([5.0, 1.0, 1e-18, -1e-17], dtype=torch.float64)
+    assert rank_from_explained_variance(noisy, 1.0, rtol=1e-15) == 2
+    assert rank_from_explained_variance(noisy, 0.999999999, rtol=1e-15) == 2
+    # A tail below float rounding never changes the cumulative sum: eps = 1 still keeps it if above the
+    # rounding floor, and eps just below 1 never keeps zero components.
+    tail = torch.tensor([1.0, 1e-17, 0.0], dtype=torch.float64)
+    assert rank_from_explained_variance(tail, 1.0, rtol=1e-20) == 2
+    assert rank_from_explained_variance(tail, 1.0, rtol=1e-15) == 1
+    assert rank_from_explained_variance(tail, 1.0 - 1e-12, rtol=1e-20) == 1
+
+
+@pytest.mark.parametrize('value', [0.5, 1, 1.0, 1e-9, np.float32(0.3), np.float64(0.9)])
+def test_validate_explained_variance_accepts(value):
+    assert validate_explained_variance(value) == float(value)
+
+
+@pytest.mark.parametrize('value', [0, 0.0, -0.1, 1.0001, 2, float('nan'), float('inf'), True, False,
+                                   '0.8', None, torch.tensor(0.5), [0.8]])
+def test_validate_explained_variance_rejects(value):
+    with pytest.raises(ValueError, match=r'\(0, 1\]') as info:
+        validate_explained_variance(value)
+    assert repr(value) in str(info.value)
+
+
+# --- decompositions -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('method', ['svd', 'hosvd'])
+@pytest.mark.parametrize('eps', EPSILONS)
+def test_ranks_match_exact_svd(method, eps):
+    x = low_rank_activation((6, 16, 12, 10), seed=1)
+    tucker = compress(x, eps, METHODS[method])
+    assert tucker.modes == METHODS[method]
+    for mode, rank in zip(tucker.modes, tucker.ranks):
+        assert_rank_meets_threshold(rank, explained_variance_curve(x, mode), eps)
+
+
+def test_test_data_has_nontrivial_ranks():
+    """The rank tests would prove little if every rank were 1 or full."""
+    x = low_rank_activation((6, 16, 12, 10), seed=1)
+    ranks = [hosvd(x, eps).ranks for eps in EPSILONS]
+    sizes = tuple(x.shape)
+    for mode in range(4):
+        mode_ranks = {r[mode] for r in ranks}
+        assert len(mode_ranks) > 1 and max(mode_ranks) > 1, (mode, mode_ranks)
+    assert any(r[mode] < sizes[mode] for r in ranks for mode in range(4))
+
+
+@pytest.mark.parametrize('shape', [(2, 32, 2, 2), (12, 2, 3, 1), (1, 1, 9, 2)])
+def test_tall_unfoldings_use_exact_ranks(shape):
+    """Modes larger than the rest of the tensor go through a thin SVD; same rank rule."""
+    x = low_rank_activation(shape, seed=2)
+    for eps in (0.6, 0.9):
+        tucker = hosvd(x, eps)
+        for mode, rank in zip(tucker.modes, tucker.ranks):
+            assert_rank_meets_threshold(rank, explained_variance_curve(x, mode), eps)
+
+
+@pytest.mark.parametrize('method', ['svd', 'hosvd'])
+def test_factors_orthonormal_and_core_is_projection(method):
+    x = low_rank_activation((5, 8, 7, 6), seed=3)
+    tucker = compress(x, 0.8, METHODS[method])
+    for u in tucker.factors:
+        if u is not None:
+            torch.testing.assert_close(u.T @ u, torch.eye(u.shape[1]), atol=1e-5, rtol=0)
+    projection = multi_mode_product(x, {n: tucker.factors[n].T for n in tucker.modes})
+    torch.testing.assert_close(tucker.core, projection, atol=1e-5, rtol=1e-5)
+    assert reconstruct(tucker).shape == x.shape == tucker.shape
+
+
+def test_reconstruction_error_obeys_the_truncation_bounds():
+    x = low_rank_activation((6, 16, 12, 10), seed=4)
+    for eps in EPSILONS:
+        # SVD: the lost energy is exactly the truncated tail, at most 1 - eps.
+        tucker = svd(x, eps)
+        lost = ((reconstruct(tucker) - x).norm() / x.norm()).square()
+        k = tucker.ranks[0]
+        torch.testing.assert_close(lost.double(), 1 - explained_variance_curve(x, 0)[k - 1],
+                                   atol=1e-5, rtol=1e-4)
+        # HOSVD: at most the sum of the per-mode tails.
+        tucker = hosvd(x, eps)
+        lost = ((reconstruct(tucker) - x).norm() / x.norm()).square()
+        assert lost <= 4 * (1 - eps) + 1e-6
+
+
+@pytest.mark.parametrize('method', ['svd', 'hosvd'])
+@pytest.mark.parametrize('eps', [0.7, 0.9])
+def test_storage_matches_formula(method, eps):
+    x = low_rank_activation((6, 16, 12, 10), seed=5)
+    tucker = compress(x, eps, METHODS[method])
+    expected = storage_bytes(x.shape, tucker.ranks, tucker.modes, x.dtype)
+    assert tucker.nbytes == expected == sum(t.numel() * 4 for t in tucker.tensors)
+
+
+def test_storage_formulas():
+    b, c, h, w = 8, 512, 64, 64
+    assert svd_storage_elements((b, c, h, w), 3) == 3 * (b + c * h * w)
+    ranks = (4, 100, 20, 30)
+    assert tucker_storage_elements((b, c, h, w), ranks) == (math.prod(ranks) + b * 4 + c * 100 + h * 20
+                                                            + w * 30)
+    assert storage_elements((b, c, h, w), (0, 0, 0, 0), range(4)) == 0
+    assert storage_bytes((b, c, h, w), (3,), (0,), torch.float16) == 2 * svd_storage_elements((b, c, h, w), 3)
+    with pytest.raises(ValueError):
+        storage_elements((b, c, h, w), (1, 2), (0,))
+
+
+@pytest.mark.parametrize('method', ['svd', 'hosvd'])
+def test_full_threshold_is_exact(method):
+    x = torch.randn(4, 6, 5, 7)
+    tucker = compress(x, 1.0, METHODS[method])
+    torch.testing.assert_close(reconstruct(tucker), x, atol=1e-5, rtol=1e-5)
+    full = {'svd': (4,), 'hosvd': (4, 6, 5, 7)}[method]
+    assert tucker.ranks == full
+
+
+@pytest.mark.parametrize('method', ['svd', 'hosvd'])
+@pytest.mark.parametrize('eps', [0.8, 1.0])
+def test_all_zero_activation_has_rank_zero(method, eps):
+    x = torch.zeros(3, 4, 5, 6)
+    tucker = compress(x, eps, METHODS[method])
+    assert tucker.ranks == (0,) * len(METHODS[method])
+    assert tucker.nbytes == 0
+    recon = reconstruct(tucker)
+    assert recon.shape == x.shape and not recon.any()
+
+
+@pytest.mark.parametrize('method', ['svd', 'hosvd'])
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+@pytest.mark.parametrize('shape', [(3, 4, 5, 6), (2, 40, 1, 1)])
+def test_non_finite_activation_raises_naming_it(method, bad, shape):
+    x = torch.rand(shape)
+    x[1, 2, 0, 0] = bad
+    with pytest.raises(NonFiniteActivationError, match='backbone.layer1.0.conv1.*NaN or Inf'):
+        compress(x, 0.8, METHODS[method], name='backbone.layer1.0.conv1')
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_stores_input_dtype(dtype):
+    x = low_rank_activation((4, 8, 6, 5), seed=6, dtype=dtype)
+    tucker = hosvd(x, 0.8)
+    assert all(t.dtype == dtype for t in tucker.tensors)
+    # The decomposition itself runs in float32 on the same values.
+    assert tucker.ranks == hosvd(x.float(), 0.8).ranks
+    torch.testing.assert_close(reconstruct(tucker).float(), reconstruct(hosvd(x.float(), 0.8)),
+                               atol=2e-2, rtol=2e-2)
+
+
+def test_channels_last_input_matches_contiguous():
+    x = low_rank_activation((4, 8, 6, 5), seed=7)
+    expected = hosvd(x, 0.8)
+    tucker = hosvd(x.to(memory_format=torch.channels_last), 0.8)
+    assert tucker.ranks == expected.ranks
+    torch.testing.assert_close(reconstruct(tucker), reconstruct(expected))
+
+
+@pytest.mark.parametrize('shape', [(1, 4, 5, 6), (3, 1, 5, 6), (2, 3, 1, 7), (2, 3, 4, 1), (1, 1, 1, 1)])
+@pytest.mark.parametrize('method', ['svd', 'hosvd'])
+def test_batch_one_and_size_one_modes(method, shape):
+    x = torch.rand(shape) + 0.1
+    for eps in (0.5, 1.0):
+        tucker = compress(x, eps, METHODS[method])
+        for mode, rank in zip(tucker.modes, tucker.ranks):
+            assert 1 <= rank <= min(shape[mode], x.numel() // shape[mode])
+            assert_rank_meets_threshold(rank, explained_variance_curve(x, mode), eps - 1e-9)
+    torch.testing.assert_close(reconstruct(tucker), x)
+
+
+def test_invalid_input_errors():
+    with pytest.raises(ValueError, match='1.5'):
+        hosvd(torch.rand(2, 3, 4, 5), 1.5)
+    with pytest.raises(ValueError, match='empty'):
+        svd(torch.rand(0, 3, 4, 5), 0.8)
+
+
+def test_tucker_roundtrip_through_tensors():
+    tucker = svd(low_rank_activation((4, 8, 6, 5)), 0.8)
+    again = Tucker.from_tensors(tucker.tensors, tucker.modes)
+    assert again.modes == (0,) and again.core is tucker.core and again.factors[0] is tucker.factors[0]
+    assert again.factors[1:] == (None, None, None)
