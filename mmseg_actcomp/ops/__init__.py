@@ -1,0 +1,8 @@
+"""Convolution layers and autograd functions that keep compressed activations for backward."""
+from .conv import CompressedConv2d, HOSVDConv2d, SVDConv2d
+from .functional import CompressedConv2dFunction, compressed_conv2d, conv2d_weight_from_tucker
+
+__all__ = [
+    'CompressedConv2d', 'HOSVDConv2d', 'SVDConv2d', 'CompressedConv2dFunction', 'compressed_conv2d',
+    'conv2d_weight_from_tucker'
+]

@@ -1,0 +1,159 @@
+"""``nn.Conv2d`` drop-ins that keep a compressed copy of their input for backward.
+
+:class:`SVDConv2d` and :class:`HOSVDConv2d` are registered in mmengine's root ``MODELS`` registry, which
+mmcv's ``build_conv_layer`` searches from any scope, so ``conv_cfg=dict(type='HOSVDConv2d',
+explained_variance=0.8)`` works in mmseg configs.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..compression import METHODS, Tucker, compress, validate_explained_variance
+from .functional import compressed_conv2d
+
+
+def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast would run a convolution on ``x`` in, or None outside autocast."""
+    device_type = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+class CompressedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that, while training, keeps a truncated decomposition of its input for backward.
+
+    Subclasses choose the decomposition with the class attribute ``method`` (a key of
+    ``mmseg_actcomp.compression.METHODS``). Parameters and state-dict keys are those of ``nn.Conv2d``.
+
+    Compression happens only when the weight gradient is wanted: in training mode, with grad enabled and
+    ``weight.requires_grad``. Otherwise (eval, ``torch.no_grad()``, frozen weight) the layer is exactly
+    ``nn.Conv2d.forward``, since without a weight gradient nothing of the input needs keeping.
+    Input and bias gradients are always exact; the weight gradient is that of the reconstruction.
+
+    Padding: numeric symmetric zero padding is passed to the convolution, so the unpadded input is
+    compressed. String padding (``'same'``, ``'valid'``), asymmetric ``'same'`` and non-zero padding modes
+    pad explicitly with ``F.pad`` first (as ``nn.Conv2d`` does for non-zero modes) and the padded input is
+    compressed. Under autocast the input, weight and bias are cast as autocast would cast them for a
+    convolution, and the factors are stored in that dtype.
+
+    Non-finite inputs: an input holding NaN or Inf raises
+    :class:`mmseg_actcomp.compression.NonFiniteActivationError` naming ``layer_name`` (no fallback to
+    storing the input: its ranks are undefined and the divergence should surface where it happens).
+
+    Attributes set by each compressing forward (None before the first):
+        last_ranks: ``(k,)`` for SVD, ``(r1, r2, r3, r4)`` for HOSVD.
+        last_input_shape: ``(B, C, H, W)`` of the compressed input (padded, if padded explicitly).
+        last_kept_bytes: bytes of the stored core and factors.
+        last_vanilla_bytes: ``B*C*H*W`` times the element size: what ``nn.Conv2d`` would keep.
+
+    Args:
+        Those of ``nn.Conv2d``, then
+        explained_variance: ``eps`` in ``(0, 1]``; every truncated mode keeps the fewest singular
+            components that explain this fraction of its energy. ``1`` keeps all (exact).
+
+    Other attributes:
+        layer_name: names the layer in errors; the class name unless whoever builds or swaps layers in
+            sets it (e.g. to the module's path in the model).
+    """
+    method: str = ''
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = 'zeros',
+                 device=None, dtype=None, explained_variance: float = 0.8) -> None:
+        if self.method not in METHODS:
+            raise TypeError(f'{type(self).__name__}.method must be one of {sorted(METHODS)}, '
+                            f'got {self.method!r}; use SVDConv2d or HOSVDConv2d')
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        self.explained_variance = explained_variance
+        self.layer_name = type(self).__name__
+        self.last_ranks: Optional[Tuple[int, ...]] = None
+        self.last_input_shape: Optional[Tuple[int, ...]] = None
+        self.last_kept_bytes: Optional[int] = None
+        self.last_vanilla_bytes: Optional[int] = None
+
+    @property
+    def explained_variance(self) -> float:
+        return self._explained_variance
+
+    @explained_variance.setter
+    def explained_variance(self, value: float) -> None:
+        self._explained_variance = validate_explained_variance(value)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, explained_variance: float = 0.8) -> 'CompressedConv2d':
+        """A layer with ``conv``'s hyper-parameters and training flag sharing its Parameter objects
+        (``new.weight is conv.weight``), so optimizers and checkpoints see the same tensors."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f'from_conv expects an nn.Conv2d, got {type(conv).__name__}')
+        # Built on the meta device: its own parameters are replaced right away, so allocate none.
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device='meta',
+                  dtype=conv.weight.dtype, explained_variance=explained_variance)
+        new.weight = conv.weight
+        new.bias = conv.bias
+        return new.train(conv.training)
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, explained_variance={self.explained_variance}'
+
+    def _compresses(self, x: Tensor) -> bool:
+        """Whether this forward needs the weight gradient, hence a kept copy of ``x``."""
+        return (self.training and torch.is_grad_enabled() and self.weight.requires_grad
+                and x.numel() > 0)
+
+    def _explicit_padding(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        """``x`` padded as far as the convolution cannot do it, and the zero padding left for it."""
+        w_left, w_right, h_top, h_bottom = self._reversed_padding_repeated_twice
+        if self.padding_mode == 'zeros' and w_left == w_right and h_top == h_bottom:
+            return x, (h_top, w_left)
+        mode = 'constant' if self.padding_mode == 'zeros' else self.padding_mode
+        return nn.functional.pad(x, self._reversed_padding_repeated_twice, mode=mode), (0, 0)
+
+    def _record(self, tucker: Tucker, x: Tensor) -> None:
+        self.last_ranks = tucker.ranks
+        self.last_input_shape = tuple(x.shape)
+        self.last_kept_bytes = tucker.nbytes
+        self.last_vanilla_bytes = x.numel() * x.element_size()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: ``(B, C, H, W)`` or unbatched ``(C, H, W)``; returns ``(B, O, H', W')`` (resp. unbatched)."""
+        if not self._compresses(x):
+            return super().forward(x)
+        if x.dim() == 3:
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        weight, bias = self.weight, self.bias
+        cast_dtype = _autocast_dtype(x)
+        if cast_dtype is not None:
+            x, weight = x.to(cast_dtype), weight.to(cast_dtype)
+            bias = None if bias is None else bias.to(cast_dtype)
+        x, padding = self._explicit_padding(x)
+        tucker = compress(x, self.explained_variance, METHODS[self.method], name=self.layer_name)
+        self._record(tucker, x)
+        return compressed_conv2d(x, weight, bias, tucker, self.stride, padding, self.dilation,
+                                 self.groups)
+
+
+class SVDConv2d(CompressedConv2d):
+    """:class:`CompressedConv2d` keeping a truncated SVD of the ``(B, C*H*W)`` batch unfolding of its
+    input: ``U: (B, k)`` and ``Sigma V^T: (k, C, H, W)``, i.e. ``k * (B + C*H*W)`` elements."""
+    method = 'svd'
+
+
+class HOSVDConv2d(CompressedConv2d):
+    """:class:`CompressedConv2d` keeping a truncated HOSVD (Tucker) of its input: core
+    ``(r1, r2, r3, r4)`` and factors ``U_n: (I_n, r_n)``, i.e. ``r1*r2*r3*r4 + sum_n I_n * r_n`` elements."""
+    method = 'hosvd'
+
+
+def _register() -> None:
+    # The root registry: mmcv's build_conv_layer switches to the current default scope's registry
+    # (mmseg's, a child of the root) and falls back to parents, so both scopes find these names.
+    from mmengine.registry import MODELS
+    for layer in (SVDConv2d, HOSVDConv2d):
+        MODELS.register_module(layer.__name__, module=layer, force=True)
+
+
+_register()

@@ -1,0 +1,129 @@
+r"""Convolution whose backward takes the weight gradient from a compressed copy of its input.
+
+``grad_input`` needs only the weight and ``grad_output``, and ``grad_bias`` only ``grad_output``; only
+``grad_weight`` needs the input. So the forward runs the exact convolution and keeps, instead of
+``x: (B, C, H, W)``, a truncated Tucker decomposition of it (see :mod:`mmseg_actcomp.compression`).
+
+The weight gradient ``dW = sum_b corr(x_b, g_b)`` is bilinear in the input and ``grad_output``, which lets
+two factors of the decomposition be applied to the (small) gradient rather than expanded into the input:
+
+* batch factor ``U_1: (B, r1)``: ``sum_b corr(sum_j U_1[b, j] Z_j, g_b) = sum_j corr(Z_j, (U_1^T g)_j)``, so
+  the correlation runs over ``r1`` pseudo-samples ``Z = core x_2 U_2 x_3 U_3 x_4 U_4`` instead of ``B``;
+* channel factor ``U_2: (C, r2)``, when ``groups == 1``: every output channel sees every input channel,
+  so ``dW[o, c] = sum_s U_2[c, s] dW'[o, s]`` with ``dW'`` the correlation of the channel-reduced
+  ``Z' = core x_3 U_3 x_4 U_4: (r1, r2, H, W)``; the correlation shrinks by ``C / r2``. With grouped
+  convolutions ``U_2`` mixes channels across groups, so it is expanded instead.
+
+The spatial factors are expanded (a correlation shifts along H and W, so they do not commute with it).
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import Function, once_differentiable
+from torch.nn.grad import conv2d_input, conv2d_weight
+from torch.nn.modules.utils import _pair
+
+from ..compression import Tucker, mode_product, multi_mode_product
+
+_CHANNEL_MODE = 1
+_SPATIAL_MODES = (2, 3)
+
+
+def conv2d_weight_from_tucker(tucker: Tucker, weight_size: Sequence[int], grad_output: Tensor,
+                              stride: Tuple[int, int], padding: Tuple[int, int],
+                              dilation: Tuple[int, int], groups: int) -> Tensor:
+    r"""``torch.nn.grad.conv2d_weight(reconstruct(tucker), weight_size, grad_output, ...)`` without
+    reconstructing the whole input (see the module docstring).
+
+    Args:
+        tucker: decomposition of the input ``(B, C, H, W)`` along any subset of its modes.
+        weight_size: ``(O, C / groups, kH, kW)``.
+        grad_output: ``(B, O, H', W')``.
+        stride, padding, dilation: pairs, as in the forward convolution (numeric padding only).
+        groups: as in the forward convolution.
+
+    Returns:
+        ``(O, C / groups, kH, kW)`` in the dtype of ``tucker.core``.
+    """
+    core, (batch_basis, channel_basis, *_) = tucker.core, tucker.factors
+    if core.numel() == 0:
+        # Rank 0: the input was all zero, and so is its weight gradient.
+        return core.new_zeros(weight_size)
+    grad_output = grad_output.to(core.dtype)
+    if batch_basis is not None:
+        grad_output = mode_product(grad_output, batch_basis.mT, 0)
+    push_channels = groups == 1 and channel_basis is not None
+    expand = {n: tucker.factors[n] for n in _SPATIAL_MODES if tucker.factors[n] is not None}
+    if channel_basis is not None and not push_channels:
+        expand[_CHANNEL_MODE] = channel_basis
+    pseudo_input = multi_mode_product(core, expand)
+    if not push_channels:
+        return conv2d_weight(pseudo_input, weight_size, grad_output, stride, padding, dilation, groups)
+    reduced_size = (weight_size[0], channel_basis.shape[1]) + tuple(weight_size[2:])
+    reduced = conv2d_weight(pseudo_input, reduced_size, grad_output, stride, padding, dilation, groups)
+    return mode_product(reduced, channel_basis, _CHANNEL_MODE)
+
+
+class CompressedConv2dFunction(Function):
+    """``F.conv2d`` saving a :class:`Tucker` decomposition of the input instead of the input.
+
+    ``apply(x, weight, bias, tucker, stride, padding, dilation, groups)``; ``tucker`` decomposes ``x``
+    and is computed by the caller (under no_grad). ``save_for_backward`` receives the weight (only if
+    ``x`` needs a gradient) and the tensors of ``tucker``, nothing derived from ``x`` otherwise, so
+    ``torch.autograd.graph.saved_tensors_hooks`` see exactly what is kept. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], tucker: Tucker,
+                stride: Tuple[int, int], padding: Tuple[int, int], dilation: Tuple[int, int],
+                groups: int) -> Tensor:
+        return torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, _, tucker, stride, padding, dilation, groups = inputs
+        ctx.conv_args = (stride, padding, dilation, groups)
+        ctx.input_shape = x.shape
+        ctx.weight_shape = weight.shape
+        ctx.tucker_modes = tucker.modes
+        needs_x_grad, needs_weight_grad = ctx.needs_input_grad[:2]
+        kept_weight = weight if needs_x_grad else None
+        kept_tucker = tucker.tensors if needs_weight_grad else ()
+        ctx.save_for_backward(kept_weight, *kept_tucker)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        weight, *tucker_tensors = ctx.saved_tensors
+        needs_x_grad, needs_weight_grad, needs_bias_grad = ctx.needs_input_grad[:3]
+        grad_x = grad_weight = grad_bias = None
+        if needs_x_grad:
+            grad_x = conv2d_input(ctx.input_shape, weight, grad_output, *ctx.conv_args)
+        if needs_weight_grad:
+            tucker = Tucker.from_tensors(tucker_tensors, ctx.tucker_modes)
+            grad_weight = conv2d_weight_from_tucker(tucker, ctx.weight_shape, grad_output, *ctx.conv_args)
+        if needs_bias_grad:
+            grad_bias = grad_output.sum((0, 2, 3))
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+
+
+def compressed_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], tucker: Tucker, stride=1,
+                      padding=0, dilation=1, groups: int = 1) -> Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding, dilation, groups)`` that keeps ``tucker`` for backward.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        weight: ``(O, C / groups, kH, kW)``.
+        bias: ``(O,)`` or None.
+        tucker: decomposition of ``x`` (e.g. :func:`mmseg_actcomp.compression.hosvd`); the weight gradient
+            is that of its reconstruction, exact for ``x`` when it is exact.
+        stride, dilation: int or pair.
+        padding: int or pair of zero padding (pad explicitly first for anything else).
+        groups: number of channel groups.
+
+    Returns:
+        ``(B, O, H', W')``; input and bias gradients are exact.
+    """
+    return CompressedConv2dFunction.apply(x, weight, bias, tucker, _pair(stride), _pair(padding),
+                                          _pair(dilation), groups)
