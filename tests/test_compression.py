@@ -232,6 +232,14 @@ def test_half_precision_stores_input_dtype(dtype):
                                atol=2e-2, rtol=2e-2)
 
 
+def test_autocast_does_not_lower_the_decomposition_precision():
+    x = low_rank_activation((4, 8, 6, 5), seed=6)
+    expected = hosvd(x, 0.8)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        tucker = hosvd(x, 0.8)
+    assert all(torch.equal(a, b) for a, b in zip(tucker.tensors, expected.tensors))
+
+
 def test_channels_last_input_matches_contiguous():
     x = low_rank_activation((4, 8, 6, 5), seed=7)
     expected = hosvd(x, 0.8)

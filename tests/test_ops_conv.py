@@ -221,6 +221,20 @@ def test_autocast_stores_factors_in_autocast_dtype(layer_cls):
 
 
 @pytest.mark.parametrize('layer_cls', LAYERS)
+def test_autocast_does_not_lower_the_decomposition_precision(layer_cls):
+    _, layer = make_pair(layer_cls, CONV_CASES['3x3'], 0.8)
+    x = low_rank_activation((6, 4, 12, 10), seed=3)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out, saved = saved_tensors(lambda: layer(x))
+        out.float().sum().backward()
+    # Exactly what the same bf16 input gives outside autocast, decomposed in float32.
+    expected = compress(x.bfloat16(), 0.8, METHODS[layer_cls.method]).tensors
+    kept = non_parameter(saved, layer)[-len(expected):]
+    assert all(torch.equal(a, b) for a, b in zip(kept, expected))
+    assert torch.isfinite(layer.weight.grad).all()
+
+
+@pytest.mark.parametrize('layer_cls', LAYERS)
 def test_channels_last_input(layer_cls):
     conv, layer = make_pair(layer_cls, CONV_CASES['groups2'], 1.0)
     x = torch.randn(3, 4, 9, 8).to(memory_format=torch.channels_last)

@@ -4,11 +4,11 @@ from .decompose import (METHODS, NonFiniteActivationError, Tucker, compress, hos
                         leading_singular_vectors, reconstruct, svd)
 from .rank import rank_from_explained_variance, validate_explained_variance
 from .storage import storage_bytes, storage_elements, svd_storage_elements, tucker_storage_elements
-from .tensor_ops import mode_gram, mode_product, multi_mode_product, unfold
+from .tensor_ops import autocast_disabled, mode_gram, mode_product, multi_mode_product, unfold
 
 __all__ = [
     'METHODS', 'NonFiniteActivationError', 'Tucker', 'compress', 'hosvd', 'leading_singular_vectors',
     'reconstruct', 'svd', 'rank_from_explained_variance', 'validate_explained_variance', 'storage_bytes',
     'storage_elements', 'svd_storage_elements', 'tucker_storage_elements', 'mode_gram', 'mode_product',
-    'multi_mode_product', 'unfold'
+    'multi_mode_product', 'unfold', 'autocast_disabled'
 ]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .rank import rank_from_explained_variance, validate_explained_variance
-from .tensor_ops import mode_gram, multi_mode_product, unfold
+from .tensor_ops import autocast_disabled, mode_gram, multi_mode_product, unfold
 
 #: The modes each method truncates, for a ``(B, C, H, W)`` activation.
 METHODS = {'svd': (0,), 'hosvd': (0, 1, 2, 3)}
@@ -158,7 +158,7 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
 
     Returns:
         :class:`Tucker` whose core and factors have the dtype and device of ``x``. The decomposition
-        itself runs in float32 (float64 for float64 inputs or ``eps = 1``).
+        itself runs in float32 (float64 for float64 inputs or ``eps = 1``), autocast or not.
 
     Raises:
         ValueError: ``explained_variance`` outside ``(0, 1]``, or ``x`` empty.
@@ -167,7 +167,7 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
     explained_variance = validate_explained_variance(explained_variance)
     if x.numel() == 0:
         raise ValueError(f'{name}: cannot compress an empty tensor of shape {tuple(x.shape)}')
-    with torch.no_grad():
+    with torch.no_grad(), autocast_disabled(x.device.type):
         work = x.detach().to(_work_dtype(x, explained_variance), memory_format=torch.contiguous_format)
         bases = {n: leading_singular_vectors(work, n, explained_variance, name) for n in modes}
         core = multi_mode_product(work, {n: u.mT for n, u in bases.items()})

@@ -5,9 +5,10 @@ matrix whose columns are the mode-n fibres. Every function here views the tensor
 ``P`` and ``Q`` are the products of the sizes before and after mode ``n``, so that none of them has to
 materialise the unfolding (a permuted copy as large as the tensor) just to multiply by it.
 """
+import contextlib
 import itertools
 import math
-from typing import Mapping, Sequence, Tuple
+from typing import ContextManager, Mapping, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -20,6 +21,14 @@ _GRAM_CHUNK_FRACTION = 8
 def _split_sizes(shape: Sequence[int], mode: int) -> Tuple[int, int, int]:
     """``(P, I_n, Q)``: the products of the sizes before ``mode``, the size of ``mode``, and after it."""
     return math.prod(shape[:mode]), shape[mode], math.prod(shape[mode + 1:])
+
+
+def autocast_disabled(device_type: str) -> ContextManager:
+    """A context turning autocast off on ``device_type``: under autocast, Gram matrices and mode products
+    would silently run in half precision, losing the spectrum's tail (or overflowing, in fp16)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def unfold(x: Tensor, mode: int) -> Tensor:

@@ -24,7 +24,7 @@ from torch.autograd.function import Function, once_differentiable
 from torch.nn.grad import conv2d_input, conv2d_weight
 from torch.nn.modules.utils import _pair
 
-from ..compression import Tucker, mode_product, multi_mode_product
+from ..compression import Tucker, autocast_disabled, mode_product, multi_mode_product
 
 _CHANNEL_MODE = 1
 _SPATIAL_MODES = (2, 3)
@@ -102,7 +102,10 @@ class CompressedConv2dFunction(Function):
             grad_x = conv2d_input(ctx.input_shape, weight, grad_output, *ctx.conv_args)
         if needs_weight_grad:
             tucker = Tucker.from_tensors(tucker_tensors, ctx.tucker_modes)
-            grad_weight = conv2d_weight_from_tucker(tucker, ctx.weight_shape, grad_output, *ctx.conv_args)
+            # A backward called inside an autocast region would otherwise recast the factors.
+            with autocast_disabled(grad_output.device.type):
+                grad_weight = conv2d_weight_from_tucker(tucker, ctx.weight_shape, grad_output,
+                                                        *ctx.conv_args)
         if needs_bias_grad:
             grad_bias = grad_output.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias, None, None, None, None, None
