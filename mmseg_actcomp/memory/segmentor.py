@@ -1,0 +1,251 @@
+"""Measure the training memory of an mmseg config: build its segmentor and train dataloader, apply its
+``ActivationCompressionHook`` as training does, run real forward+backward steps, and build the report.
+
+No runner is created (so no work dir): the model comes from ``MODELS``, the data from
+``Runner.build_dataloader(cfg.train_dataloader)``, the hook from mmseg's ``HOOKS``.
+"""
+import contextlib
+import copy
+import logging
+import os.path as osp
+from itertools import islice
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import MMLogger, print_log
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner, load_checkpoint, set_random_seed
+from mmengine.utils import import_modules_from_strings
+from torch import nn
+
+from .measure import measure_steps
+from .report import build_report
+
+HOOK_TYPE = 'ActivationCompressionHook'
+NO_HOOK_NOTE = (f'no {HOOK_TYPE} in custom_hooks: the whole model is measured as the config trains it '
+                '(vanilla), with no fine-tuned region')
+
+
+class MeasureError(Exception):
+    """A problem with the user's input (config, data, checkpoint, device), with what to do about it."""
+
+
+@contextlib.contextmanager
+def explained_errors(what: str):
+    """Re-raise the errors users meet first (missing config or data, unregistered type) as
+    :class:`MeasureError` with the fix, via :func:`mmseg_actcomp.utils.explain_error`."""
+    from ..utils import explain_error
+    try:
+        yield
+    except (FileNotFoundError, KeyError, AssertionError) as exc:
+        message = explain_error(exc)
+        if message is None:
+            raise
+        raise MeasureError(f'{what}: {message}') from exc
+
+
+def check_device(device: str) -> torch.device:
+    """``'cpu'``, ``'cuda'`` or ``'cuda:N'`` as a device that exists here, else :class:`MeasureError`."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise MeasureError(f'unknown device {device!r}: use cpu or cuda') from None
+    if parsed.type not in ('cpu', 'cuda'):
+        raise MeasureError(f'unknown device {device!r}: use cpu or cuda')
+    if parsed.type == 'cuda' and not torch.cuda.is_available():
+        raise MeasureError(f'--device {device} asked for CUDA, but this torch '
+                           f'({torch.__version__}) sees no CUDA device; use --device cpu')
+    return parsed
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+    """The config at ``path`` with ``cfg_options`` merged, mmseg's default scope set and its
+    ``custom_imports`` imported (which registers the plugin's layers and hook)."""
+    if not osp.isfile(path):
+        with explained_errors('config'):
+            raise FileNotFoundError(2, 'No such file', path)
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    if cfg.get('custom_imports'):
+        import_modules_from_strings(**cfg.custom_imports)
+    return cfg
+
+
+@contextlib.contextmanager
+def _quiet_logs(level=logging.WARNING):
+    """Raise the current mmengine logger's level: ``init_weights`` logs one line per parameter."""
+    logger = MMLogger.get_current_instance()
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def load_weights(model: nn.Module, checkpoint: str) -> None:
+    """Load ``checkpoint`` into ``model`` with mmengine's loader (torch's own ``weights_only`` policy
+    applies; importing ``mmseg_actcomp`` allow-lists what mmengine checkpoints hold)."""
+    if not osp.isfile(checkpoint):
+        raise MeasureError(f'checkpoint {checkpoint!r} does not exist')
+    try:
+        load_checkpoint(model, checkpoint, map_location='cpu', logger='current')
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle means the same to the user
+        hint = ''
+        if 'weights_only' in str(exc):
+            hint = ('\ntorch refused to unpickle it with weights_only=True. If you trust the file, '
+                    'rerun with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (your choice: it disables that '
+                    'protection for every file this process loads).')
+        raise MeasureError(f'could not load checkpoint {checkpoint!r}: '
+                           f'{type(exc).__name__}: {exc}{hint}') from exc
+
+
+def build_segmentor(cfg: Config, checkpoint: Optional[str] = None) -> nn.Module:
+    """The config's model with training's weights: ``init_weights()``, then ``checkpoint`` (or the
+    config's ``load_from`` when no checkpoint is given)."""
+    from mmseg.registry import MODELS
+    with explained_errors('model'):
+        model = MODELS.build(cfg.model)
+    with _quiet_logs():
+        model.init_weights()
+    checkpoint = checkpoint or cfg.get('load_from')
+    if checkpoint:
+        load_weights(model, checkpoint)
+    return model
+
+
+def compression_hook_cfg(cfg: Config) -> Optional[dict]:
+    """The single ``ActivationCompressionHook`` entry of ``cfg.custom_hooks``, or None."""
+    entries = [h for h in cfg.get('custom_hooks', None) or [] if h.get('type') == HOOK_TYPE]
+    if len(entries) > 1:
+        raise MeasureError(f'{HOOK_TYPE} is given {len(entries)} times in custom_hooks; give it once')
+    return copy.deepcopy(entries[0]) if entries else None
+
+
+def apply_compression_hook(cfg: Config, model: nn.Module):
+    """Build the config's ``ActivationCompressionHook`` and ``prepare`` ``model`` with it (choose, swap,
+    freeze), as training's ``before_run`` does.
+
+    Returns:
+        ``(hook, layer_paths)``, or ``(None, [])`` when the config has no such hook.
+    """
+    from mmseg.registry import HOOKS
+    hook_cfg = compression_hook_cfg(cfg)
+    if hook_cfg is None:
+        return None, []
+    with explained_errors('custom_hooks'):
+        hook = HOOKS.build(hook_cfg)
+    return hook, list(hook.prepare(model))
+
+
+def set_train_mode(model: nn.Module, hook) -> None:
+    """``model.train()`` (mmseg backbones honour ``norm_eval`` there), then what the hook does before each
+    training iteration (it puts the BN layers it froze back in eval mode)."""
+    model.train()
+    if hook is not None and hasattr(hook, 'before_train_iter'):
+        hook.before_train_iter(None, 0)
+
+
+def train_batches(cfg: Config, num_batches: int, seed: int = 0) -> List[dict]:
+    """The first ``num_batches`` batches of the config's train dataloader (fewer if it has fewer)."""
+    with explained_errors('train_dataloader'):
+        loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
+        batches = list(islice(iter(loader), num_batches))
+    if len(batches) < num_batches:
+        print_log(f'the train dataloader gave only {len(batches)} of {num_batches} batches',
+                  logger='current', level=logging.WARNING)
+    if not batches:
+        raise MeasureError('the train dataloader gave no batch')
+    return batches
+
+
+class SegmentorLoss:
+    """``batch -> loss ()`` for an mmseg segmentor, as its ``train_step`` computes it (preprocess,
+    ``mode='loss'``, ``parse_losses``); remembers the preprocessed input shape ``(B, 3, H, W)``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.input_shape: Optional[Tuple[int, ...]] = None
+        self.dtype: Optional[str] = None
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        data = self.model.data_preprocessor(batch, True)
+        self.input_shape = tuple(data['inputs'].shape)
+        self.dtype = str(data['inputs'].dtype).replace('torch.', '')
+        loss, _ = self.model.parse_losses(self.model(**data, mode='loss'))
+        return loss
+
+
+def versions() -> dict:
+    """Versions of the packages the figures depend on."""
+    import mmcv
+    import mmengine
+    import mmseg
+
+    from .. import __version__
+    return {'torch': torch.__version__, 'mmseg': mmseg.__version__, 'mmengine': mmengine.__version__,
+            'mmcv': mmcv.__version__, 'mmseg_actcomp': __version__}
+
+
+def _run_meta(config: str, checkpoint: Optional[str], hook, hook_cfg: Optional[dict],
+              layer_paths: Sequence[str], device: torch.device) -> dict:
+    """The description of a run written at the top of its report."""
+    method = getattr(hook, 'method', None) if hook is not None else None
+    eps = getattr(hook, 'explained_variance', None) if hook is not None else None
+    return {
+        'config': config, 'checkpoint': checkpoint, 'hook': hook_cfg, 'method': method,
+        'explained_variance': None if method in (None, 'none') else eps,
+        'num_layers': len(layer_paths), 'device': str(device),
+        'notes': [] if hook is not None else [NO_HOOK_NOTE],
+    }
+
+
+def measure_config(config: str, checkpoint: Optional[str] = None, num_batches: int = 10,
+                   cfg_options: Optional[dict] = None, device: str = 'cpu', seed: int = 0,
+                   progress: bool = True, log: Optional[str] = None) -> dict:
+    """Measure the activation memory of training ``config`` on its own train data.
+
+    Builds the segmentor (``init_weights``, then ``checkpoint`` or the config's ``load_from``), applies
+    the config's ``ActivationCompressionHook`` (``prepare``: choose, swap, freeze), switches to train mode
+    and runs ``num_batches`` forward+backward steps on batches ``(B, 3, H, W)`` of the train dataloader,
+    with no optimizer step.
+
+    Args:
+        config: path of an mmseg config.
+        checkpoint: weights to load; their ranks differ from those of random weights.
+        num_batches: >= 1.
+        cfg_options: overrides merged into the config (as ``--cfg-options``).
+        device: ``'cpu'`` or ``'cuda[:N]'``; the step peak is measured on CUDA only.
+        seed: seeds the weights' initialisation and the data order/augmentation.
+        progress: show a progress bar.
+        log: training log or work dir of this config's run, recorded for the Pareto plot.
+
+    Returns:
+        The report of :func:`mmseg_actcomp.memory.report.build_report`, with ``batch_shape``,
+        ``dtype``, ``versions`` and the run's description.
+
+    Raises:
+        MeasureError: bad input, with what to do.
+    """
+    if not isinstance(num_batches, int) or num_batches < 1:
+        raise MeasureError(f'--num-batches must be an integer >= 1, got {num_batches!r}')
+    device = check_device(device)
+    if checkpoint is not None and not osp.isfile(checkpoint):
+        raise MeasureError(f'checkpoint {checkpoint!r} does not exist')
+    cfg = load_config(config, cfg_options)
+    set_random_seed(seed)
+    batches = train_batches(cfg, num_batches, seed)  # first: missing data fails before the model builds
+    model = build_segmentor(cfg, checkpoint)
+    hook, layer_paths = apply_compression_hook(cfg, model)
+    model.to(device)
+    set_train_mode(model, hook)
+    loss_of_batch = SegmentorLoss(model)
+    steps = measure_steps(model, batches, loss_of_batch, layer_paths, device, progress)
+    meta = _run_meta(config, checkpoint or cfg.get('load_from'), hook, compression_hook_cfg(cfg),
+                     layer_paths, device)
+    meta.update(batch_shape=list(loss_of_batch.input_shape), dtype=loss_of_batch.dtype, log=log,
+                versions=versions())
+    return build_report(steps, layer_paths, meta)
