@@ -15,6 +15,16 @@ from mmseg_actcomp.compression import (METHODS, NonFiniteActivationError, Tucker
 EPSILONS = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
+@pytest.fixture(autouse=True, scope='module')
+def single_thread():
+    """The test tensors are tiny: OpenMP's fork/join per op costs more than it gains, and ten times
+    more when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def low_rank_activation(shape, components=6, noise=0.2, seed=0, dtype=torch.float32):
     """``ReLU(sum_j a_j (x) c_j (x) s_j / j + noise)``: batch and channel loadings times smooth spatial
     fields with decaying weight, plus noise, rectified; ``shape = (B, C, H, W)``. Its spectra decay in

@@ -11,7 +11,8 @@ from torch.nn.grad import conv2d_weight
 from mmseg_actcomp.compression import (METHODS, NonFiniteActivationError, compress, reconstruct,
                                        storage_bytes)
 from mmseg_actcomp.ops import (CompressedConv2d, HOSVDConv2d, SVDConv2d, compressed_conv2d)
-from test_compression import assert_rank_meets_threshold, explained_variance_curve, low_rank_activation
+from test_compression import (assert_rank_meets_threshold, explained_variance_curve, low_rank_activation,
+                              single_thread)  # noqa: F401 (an autouse fixture)
 
 LAYERS = [SVDConv2d, HOSVDConv2d]
 
