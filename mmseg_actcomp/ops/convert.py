@@ -1,0 +1,109 @@
+"""Choose convolutions of any ``nn.Module`` and swap them for compressed ones, in place.
+
+Generic model surgery, pure torch: layers are named by their module path (``model.get_submodule``),
+chosen either explicitly or as the last N convolutions in the order a forward pass runs them.
+"""
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+from torch import nn
+
+from .conv import CompressedConv2d, HOSVDConv2d, SVDConv2d
+
+#: method name -> layer type that replaces an ``nn.Conv2d`` (None: keep the plain conv)
+CONV_TYPES = {'hosvd': HOSVDConv2d, 'svd': SVDConv2d, 'none': None}
+
+
+def trace_conv_order(model: nn.Module, run_forward: Callable[[], object]) -> List[str]:
+    """Module paths of ``model``'s ``nn.Conv2d`` layers in the order ``run_forward()`` first calls them.
+
+    Registration order is not forward order (e.g. a ResNet block registers ``downsample`` last but a
+    head may define its classifier first), hence tracing. Convs that the forward never calls are left out.
+    """
+    order: List[str] = []
+    handles = []
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_pre_hook(
+                lambda m, args, path=path: None if path in order else order.append(path)))
+    try:
+        run_forward()
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def check_conv_path(model: nn.Module, path: str) -> nn.Conv2d:
+    """The ``nn.Conv2d`` at ``path``; ValueError naming the path and what is there otherwise."""
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(f'layers: {path!r} is not a module of {type(model).__name__}') from None
+    if not isinstance(module, nn.Conv2d):
+        inner = [f'{path}.{name}' for name, m in module.named_modules() if isinstance(m, nn.Conv2d) and name]
+        hint = f'; its convolutions are {inner[:6]}' if inner else ''
+        raise ValueError(f'layers: {path!r} is a {type(module).__name__}, not a convolution '
+                         f'(nn.Conv2d){hint}')
+    return module
+
+
+def select_last(order: Sequence[str], num_layers: int) -> List[str]:
+    """The last ``num_layers`` of ``order``; ValueError if the model has fewer convolutions."""
+    if not 1 <= num_layers <= len(order):
+        raise ValueError(f'num_layers={num_layers} but the model runs {len(order)} convolutions in its '
+                         f'forward pass: choose 1 <= num_layers <= {len(order)}')
+    return list(order[len(order) - num_layers:])
+
+
+def swap_convs(model: nn.Module, paths: Iterable[str], method: str,
+               explained_variance: float) -> Dict[str, nn.Conv2d]:
+    """Replace each conv at ``paths`` by the compressed type of ``method``, sharing its parameters.
+
+    Idempotent: a layer already of the wanted type only gets ``explained_variance`` updated.
+    Returns path -> the layer now in the model (plain ``nn.Conv2d`` for ``method='none'``).
+    """
+    if method not in CONV_TYPES:
+        raise ValueError(f'method={method!r} is not one of {sorted(CONV_TYPES)}')
+    new_type = CONV_TYPES[method]
+    swapped = {}
+    for path in paths:
+        conv = check_conv_path(model, path)
+        if new_type is None:
+            swapped[path] = conv
+            continue
+        if type(conv) is new_type:
+            conv.explained_variance = explained_variance
+        else:
+            conv = new_type.from_conv(conv, explained_variance)
+            conv.layer_name = path
+            model.set_submodule(path, conv)
+        swapped[path] = conv
+    return swapped
+
+
+def freeze_all_but(model: nn.Module, trainable: Iterable[nn.Module]) -> List[str]:
+    """Set ``requires_grad`` False on every parameter outside the ``trainable`` modules (whose own
+    parameters are set True). Returns the names of the trainable parameters."""
+    keep = {id(p) for m in trainable for p in m.parameters()}
+    names = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(id(p) in keep)
+        if id(p) in keep:
+            names.append(name)
+    return names
+
+
+def compression_stats(layers: Dict[str, nn.Module]) -> Optional[Dict[str, float]]:
+    """Mean rank per mode and total kept / vanilla bytes of the last compression of ``layers``, or None
+    if none of them is a compressed layer that has compressed yet."""
+    recorded = [m for m in layers.values() if isinstance(m, CompressedConv2d) and m.last_ranks is not None]
+    if not recorded:
+        return None
+    stats = {}
+    for mode in range(max(len(m.last_ranks) for m in recorded)):
+        ranks = [m.last_ranks[mode] for m in recorded if len(m.last_ranks) > mode]
+        stats[f'rank_mode{mode + 1}'] = sum(ranks) / len(ranks)
+    stats['kept_MiB'] = sum(m.last_kept_bytes for m in recorded) / 2**20
+    stats['vanilla_MiB'] = sum(m.last_vanilla_bytes for m in recorded) / 2**20
+    stats['kept_ratio'] = stats['kept_MiB'] / stats['vanilla_MiB'] if stats['vanilla_MiB'] else 0.0
+    return stats
