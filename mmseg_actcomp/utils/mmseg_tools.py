@@ -50,7 +50,8 @@ def explain_error(exc):
     """A message saying what to do for the errors users of this plugin meet first, else None.
 
     Handles: a config file that does not exist, a type that is not registered (usually a missing
-    ``custom_imports``), and a dataset folder or split file that does not exist.
+    ``custom_imports``), a dataset folder or split file that does not exist, and a bad value given to
+    the ActivationCompressionHook.
     """
     text = str(exc)
     if isinstance(exc, FileNotFoundError) and str(exc.filename or '').endswith('.py'):
@@ -75,6 +76,8 @@ def explain_error(exc):
                 'sample with `python tools/make_sample_voc.py`, or point the config at your data, e.g. '
                 '--cfg-options train_dataloader.dataset.datasets.0.data_root=DIR '
                 'train_dataloader.dataset.datasets.1.data_root=DIR val_dataloader.dataset.data_root=DIR')
+    if isinstance(exc, (ValueError, TypeError)) and 'ActivationCompressionHook' in text:
+        return text  # the hook's own messages already name the key, the value and what is allowed
     return None
 
 
@@ -88,7 +91,7 @@ def run_mmseg_tool(name, argv=None):
     sys.argv = [path] + list(sys.argv[1:] if argv is None else argv)
     try:
         runpy.run_path(path, run_name='__main__')
-    except (FileNotFoundError, KeyError, AssertionError) as exc:
+    except (FileNotFoundError, KeyError, AssertionError, ValueError, TypeError) as exc:
         message = explain_error(exc)
         if message is None or os.environ.get('MMSEG_ACTCOMP_TRACEBACK'):
             raise

@@ -1,0 +1,3 @@
+from .activation_compression_hook import ActivationCompressionHook
+
+__all__ = ['ActivationCompressionHook']

@@ -1,0 +1,189 @@
+"""The config line that turns activation compression on for any mmseg segmentor."""
+import copy
+import gc
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from mmcv.cnn import ConvModule
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmseg.registry import HOOKS
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..compression import validate_explained_variance
+from ..ops.convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all_but, select_last,
+                           swap_convs, trace_conv_order)
+
+
+@HOOKS.register_module()
+class ActivationCompressionHook(Hook):
+    """Fine-tune chosen convolutions with compressed activations; freeze the rest.
+
+    Config::
+
+        custom_imports = dict(imports=['mmseg_actcomp'], allow_failed_imports=False)
+        custom_hooks = [dict(type='ActivationCompressionHook', method='hosvd',
+                             explained_variance=0.8, num_layers=10)]
+
+    Before training starts (``before_run``) the chosen ``nn.Conv2d`` layers are swapped in place for
+    :class:`~mmseg_actcomp.ops.HOSVDConv2d` / :class:`~mmseg_actcomp.ops.SVDConv2d`, which share the
+    conv's parameters and state-dict keys: the optimizer, ``load_from``, ``--resume`` and saved
+    checkpoints see the very same tensors, and a checkpoint loads into a stock mmseg model.
+
+    Args:
+        method (str): ``'hosvd'``, ``'svd'``, or ``'none'`` (fine-tune the same layers without
+            compression: the vanilla baseline). Defaults to ``'hosvd'``.
+        explained_variance (float): ε in (0, 1]: each decomposed mode keeps the fewest components
+            explaining this fraction of its energy. Ignored for ``'none'``. Defaults to 0.8.
+        num_layers (int, optional): fine-tune the last N convolutions in the order the inference
+            forward (``mode='tensor'``: backbone + decode head, classifier ``conv_seg`` included) runs
+            them, found by tracing. Auxiliary heads, dropped at inference, are never chosen.
+        layers (list[str], optional): fine-tune exactly these conv module paths instead, e.g.
+            ``['decode_head.conv_seg', 'decode_head.bottleneck.conv']``. Give one of ``num_layers`` and
+            ``layers``.
+        freeze_others (bool): set ``requires_grad=False`` on every parameter outside the fine-tuned
+            region, and keep the running statistics of BN layers whose parameters are all frozen
+            (eval mode) so that frozen means unchanged. The region is the chosen convs plus the norm
+            layer of their mmcv ``ConvModule``, if any; BN elsewhere (e.g. a ResNet block's ``bn1``)
+            stays as the config says (``norm_eval``). Defaults to True.
+        require_load_from (bool): fail at start unless the config loads a checkpoint (``load_from``
+            or ``resume``): fine-tuning and calibration configs set it, so that a forgotten
+            ``--cfg-options load_from=...`` cannot silently fine-tune a random network. Defaults to False.
+    """
+
+    priority = 'VERY_HIGH'  # the model must be final before other hooks (EMA, ...) see it in before_run
+
+    def __init__(self, method: str = 'hosvd', explained_variance: float = 0.8,
+                 num_layers: Optional[int] = None, layers: Optional[Sequence[str]] = None,
+                 freeze_others: bool = True, require_load_from: bool = False) -> None:
+        if method not in CONV_TYPES:
+            raise ValueError(f'ActivationCompressionHook: method={method!r} is not allowed; '
+                             f'use one of {sorted(CONV_TYPES)}')
+        try:
+            self.explained_variance = validate_explained_variance(explained_variance)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f'ActivationCompressionHook: explained_variance: {e}') from None
+        if (num_layers is None) == (layers is None):
+            raise ValueError('ActivationCompressionHook: give exactly one of num_layers=N and '
+                             f'layers=[paths], got num_layers={num_layers!r}, layers={layers!r}')
+        if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, int)
+                                       or num_layers < 1):
+            raise ValueError(f'ActivationCompressionHook: num_layers={num_layers!r} must be an '
+                             'integer >= 1')
+        if layers is not None and (isinstance(layers, str) or not layers
+                                   or not all(isinstance(p, str) for p in layers)):
+            raise ValueError(f'ActivationCompressionHook: layers={layers!r} must be a non-empty list '
+                             'of module paths (str)')
+        if len(set(layers or ())) != len(layers or ()):
+            raise ValueError(f'ActivationCompressionHook: layers={list(layers)!r} names a layer twice')
+        self.method = method
+        self.num_layers = num_layers
+        self.layers = list(layers) if layers is not None else None
+        self.freeze_others = bool(freeze_others)
+        self.require_load_from = bool(require_load_from)
+        self.layer_paths: List[str] = []
+        self.fine_tuned: Dict[str, nn.Conv2d] = {}
+        self._frozen_norms: List[nn.Module] = []
+
+    # ------------------------------------------------------------------ the work, outside a runner
+    def prepare(self, model: nn.Module) -> List[str]:
+        """Choose, swap and freeze on a bare (unwrapped) segmentor. Idempotent. Returns the paths."""
+        if is_model_wrapper(model):
+            raise TypeError('ActivationCompressionHook.prepare expects the bare model, not '
+                            f'{type(model).__name__}; pass wrapper.module')
+        if self.layers is not None:
+            paths = self.layers
+            for p in paths:
+                check_conv_path(model, p)
+        else:
+            try:
+                paths = select_last(trace_inference_convs(model), self.num_layers)
+            except ValueError as e:
+                raise ValueError(f'ActivationCompressionHook: {e}') from None
+        self.fine_tuned = swap_convs(model, paths, self.method, self.explained_variance)
+        self.layer_paths = list(paths)
+        if self.freeze_others:
+            region = list(self.fine_tuned.values()) + _convmodule_norms(model, paths)
+            freeze_all_but(model, region)
+            region_ids = {id(m) for m in region}
+            self._frozen_norms = [m for m in model.modules() if isinstance(m, _BatchNorm)
+                                  and id(m) not in region_ids
+                                  and not any(p.requires_grad for p in m.parameters())]
+        return self.layer_paths
+
+    def summary(self, model: nn.Module) -> str:
+        """A table of the chosen layers: path, type, shape of weight, trainable parameters."""
+        rows = [('#', 'layer', 'type', 'weight', 'trainable params')]
+        for i, path in enumerate(self.layer_paths, 1):
+            conv = self.fine_tuned[path]
+            rows.append((str(i), path, type(conv).__name__, 'x'.join(map(str, conv.weight.shape)),
+                         str(sum(p.numel() for p in conv.parameters() if p.requires_grad))))
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        lines = ['  '.join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        head = (f'ActivationCompressionHook: method={self.method}, '
+                f'explained_variance={self.explained_variance}, {len(self.layer_paths)} layers; '
+                f'{trainable}/{total} parameters trainable')
+        return '\n'.join([head] + lines)
+
+    # ------------------------------------------------------------------ runner glue
+    def before_run(self, runner) -> None:
+        twins = [h for h in runner.hooks if isinstance(h, ActivationCompressionHook)]
+        if len(twins) > 1:
+            raise ValueError(f'ActivationCompressionHook is given {len(twins)} times in custom_hooks; '
+                             'give it once (use layers=[...] to choose several layers)')
+        if self.require_load_from and not (runner.cfg.get('load_from') or runner.cfg.get('resume')):
+            raise ValueError('ActivationCompressionHook(require_load_from=True): this config fine-tunes '
+                             'a trained network but load_from is not set; add '
+                             '--cfg-options load_from=CHECKPOINT (or --resume)')
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        self.prepare(model)
+        if is_model_wrapper(runner.model) and self.freeze_others:
+            # DDP records which parameters need gradients when it wraps the model: wrap again now that
+            # the frozen ones are frozen, and drop the old wrapper (and its reducer hooks) first.
+            old, runner.model = runner.model, None
+            del old
+            gc.collect()
+            runner.model = runner.wrap_model(copy.deepcopy(runner.cfg.get('model_wrapper_cfg')), model)
+        print_log(self.summary(model), logger='current')
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        for norm in self._frozen_norms:  # the train loop calls model.train() after each validation
+            norm.eval()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        stats = compression_stats(self.fine_tuned)
+        if stats is not None:
+            runner.message_hub.update_scalars({f'train/actcomp_{k}': v for k, v in stats.items()})
+
+
+def trace_inference_convs(model: nn.Module) -> List[str]:
+    """Conv paths of an mmseg segmentor in the order its inference forward (``mode='tensor'``) runs
+    them, traced without grad on a zero image of the preprocessor's size capped at 128x128 (the order
+    does not depend on the size; a 512x512 trace of UPerNet costs seconds on a CPU)."""
+    size = getattr(getattr(model, 'data_preprocessor', None), 'size', None) or (128, 128)
+    size = tuple(min(s, 128) for s in size)
+    param = next(model.parameters())
+    image = torch.zeros(1, 3, *size, device=param.device, dtype=param.dtype)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            return trace_conv_order(model, lambda: model(image, None, mode='tensor'))
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _convmodule_norms(model: nn.Module, paths: Sequence[str]) -> List[nn.Module]:
+    """The norm layers of the mmcv ConvModules whose ``conv`` is at one of ``paths``."""
+    norms = []
+    for path in paths:
+        parent_path, _, leaf = path.rpartition('.')
+        parent = model.get_submodule(parent_path) if parent_path else model
+        if isinstance(parent, ConvModule) and leaf == 'conv' and parent.with_norm:
+            norms.append(parent.norm)
+    return norms
