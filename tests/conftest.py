@@ -24,3 +24,17 @@ def run_tool(args, cwd, timeout=600):
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     return subprocess.run([sys.executable] + [str(a) for a in args], cwd=cwd, env=env, timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def build_model_from_config(config, cfg_options=None):
+    """Build the segmentor of a config file with no weights downloaded (``pretrained=None``)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    import mmseg_actcomp  # noqa: F401  (registers the plugin's types, as custom_imports would)
+    cfg = Config.fromfile(str(config))
+    cfg.model.pretrained = None
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope('mmseg')
+    return cfg, MODELS.build(cfg.model)

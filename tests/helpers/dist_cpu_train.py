@@ -1,0 +1,14 @@
+"""Run mmseg's packaged tools/train.py in one process of a CPU (gloo) torch.distributed job.
+
+mmengine's pytorch launcher calls ``torch.cuda.set_device`` before it opens the process group, which a
+CPU-only torch cannot do; it skips its own set-up when a group already exists, so open it here first.
+Used by the DDP test as ``python -m torch.distributed.run --nproc_per_node=2 THIS CONFIG --launcher
+pytorch ...`` (with ``model_wrapper_cfg.device_ids=None``: DDP on CPU takes no device ids).
+"""
+import torch.distributed as dist
+
+from mmseg_actcomp.utils import run_mmseg_tool
+
+if __name__ == '__main__':
+    dist.init_process_group(backend='gloo')
+    run_mmseg_tool('train.py')

@@ -1,0 +1,290 @@
+"""ActivationCompressionHook: layer choice, freezing, errors, and real training runs with mmseg's
+packaged tools/train.py (single process, DDP on 2 gloo processes, bf16 AMP, resume, test.py)."""
+import glob
+import os.path as osp
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+from mmengine.config import Config
+from torch import nn
+
+from conftest import REPO, build_model_from_config, run_tool
+from mmseg_actcomp import ActivationCompressionHook, HOSVDConv2d, SVDConv2d
+from mmseg_actcomp.ops.convert import trace_conv_order
+
+SAMPLE = osp.join(REPO, 'configs', 'sample')
+MODELS = {'deeplabv3': 'deeplabv3_r18-d8', 'pspnet': 'pspnet_r18-d8', 'fcn': 'fcn_r18-d8',
+          'upernet': 'upernet_r18'}
+TWO_ITERS = ['train_cfg.max_iters=2', 'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
+             'default_hooks.logger.interval=1']
+
+
+def sample_config(arch, variant=''):
+    return osp.join(SAMPLE, f'{arch}_{variant + "_" if variant else ""}1xb2-20it_vocsample-128x128.py')
+
+
+def mmseg_train_py():
+    import mmseg
+    return osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', 'train.py')
+
+
+def initial_checkpoint(arch, path):
+    """A stock mmseg checkpoint of the vanilla sample model (random init, seeded)."""
+    torch.manual_seed(0)
+    _, model = build_model_from_config(sample_config(arch))
+    model.init_weights()
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
+    return model.state_dict()
+
+
+def region_keys(model_paths, state_dict, model):
+    """State-dict keys of the chosen convs and of the norms of their ConvModules."""
+    from mmcv.cnn import ConvModule
+    prefixes = []
+    for p in model_paths:
+        prefixes.append(p + '.')
+        parent, _, leaf = p.rpartition('.')
+        if leaf == 'conv' and isinstance(model.get_submodule(parent), ConvModule) and \
+                model.get_submodule(parent).with_norm:
+            prefixes.append(f'{parent}.{model.get_submodule(parent).norm_name}.')
+    return {k for k in state_dict if k.startswith(tuple(prefixes))}
+
+
+# --------------------------------------------------------------------------- unit: choice and freezing
+@pytest.fixture(scope='module')
+def deeplab():
+    cfg, model = build_model_from_config(sample_config('deeplabv3_r18-d8'))
+    return model
+
+
+def test_trace_follows_forward_not_registration_order():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.late = nn.Conv2d(4, 4, 1)   # registered first, runs last
+            self.early = nn.Conv2d(3, 4, 1)
+            self.unused = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.late(self.early(x))
+    net = Net()
+    assert trace_conv_order(net, lambda: net(torch.zeros(1, 3, 4, 4))) == ['early', 'late']
+
+
+def test_num_layers_takes_last_convs_of_the_inference_forward(deeplab):
+    import copy
+    model = copy.deepcopy(deeplab)
+    hook = ActivationCompressionHook(method='svd', explained_variance=0.9, num_layers=3)
+    paths = hook.prepare(model)
+    assert paths == ['decode_head.aspp_modules.3.conv', 'decode_head.bottleneck.conv', 'decode_head.conv_seg']
+    for p in paths:
+        conv = model.get_submodule(p)
+        assert type(conv) is SVDConv2d and conv.explained_variance == 0.9 and conv.layer_name == p
+    assert not any('auxiliary_head' in p for p in paths)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {'decode_head.aspp_modules.3.conv.weight', 'decode_head.aspp_modules.3.bn.weight',
+                         'decode_head.aspp_modules.3.bn.bias', 'decode_head.bottleneck.conv.weight',
+                         'decode_head.bottleneck.bn.weight', 'decode_head.bottleneck.bn.bias',
+                         'decode_head.conv_seg.weight', 'decode_head.conv_seg.bias'}
+    assert hook.prepare(model) == paths  # idempotent
+    assert type(model.get_submodule(paths[0])) is SVDConv2d
+
+
+def test_swap_shares_parameters_and_state_dict_keys(deeplab):
+    import copy
+    model = copy.deepcopy(deeplab)
+    before = model.state_dict(keep_vars=True)
+    ActivationCompressionHook(method='hosvd', layers=['backbone.layer4.1.conv2', 'decode_head.conv_seg'],
+                              freeze_others=False).prepare(model)
+    after = model.state_dict(keep_vars=True)
+    assert list(before) == list(after)
+    assert after['backbone.layer4.1.conv2.weight'] is before['backbone.layer4.1.conv2.weight']
+    assert isinstance(model.backbone.layer4[1].conv2, HOSVDConv2d)
+    assert all(p.requires_grad for p in model.parameters())  # freeze_others=False
+
+
+def test_method_none_keeps_plain_convs(deeplab):
+    import copy
+    model = copy.deepcopy(deeplab)
+    ActivationCompressionHook(method='none', num_layers=2).prepare(model)
+    assert type(model.decode_head.conv_seg) is nn.Conv2d
+    assert model.decode_head.conv_seg.weight.requires_grad
+    assert not model.backbone.layer1[0].conv1.weight.requires_grad
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(method='tucker', num_layers=2), "method='tucker' is not allowed; use one of ['hosvd', 'none', 'svd']"),
+    (dict(explained_variance=0.0, num_layers=2), 'explained_variance must be a real number in (0, 1], got 0.0'),
+    (dict(explained_variance=1.5, num_layers=2), 'got 1.5'),
+    (dict(num_layers=0), 'num_layers=0 must be an integer >= 1'),
+    (dict(num_layers=2.5), 'num_layers=2.5 must be an integer >= 1'),
+    (dict(), 'give exactly one of num_layers=N and layers=[paths]'),
+    (dict(num_layers=2, layers=['decode_head.conv_seg']), 'give exactly one of'),
+    (dict(layers='decode_head.conv_seg'), 'must be a non-empty list of module paths'),
+    (dict(layers=['a', 'a']), 'names a layer twice'),
+])
+def test_bad_values_name_key_value_and_allowed(kwargs, message):
+    with pytest.raises(ValueError) as e:
+        ActivationCompressionHook(**kwargs)
+    assert message in str(e.value)
+
+
+def test_too_many_layers_and_non_conv_paths(deeplab):
+    with pytest.raises(ValueError, match=r'num_layers=500 but the model runs 29 convolutions in its forward '
+                                         r'pass: choose 1 <= num_layers <= 29'):
+        ActivationCompressionHook(num_layers=500).prepare(deeplab)
+    with pytest.raises(ValueError, match=r"'decode_head.bottleneck' is a ConvModule, not a convolution .*"
+                                         r"'decode_head.bottleneck.conv'"):
+        ActivationCompressionHook(layers=['decode_head.bottleneck']).prepare(deeplab)
+    with pytest.raises(ValueError, match=r"'decode_head.nothing' is not a module of EncoderDecoder"):
+        ActivationCompressionHook(layers=['decode_head.nothing']).prepare(deeplab)
+
+
+def test_hook_given_twice_and_missing_checkpoint_fail_at_start(deeplab):
+    import copy
+    hooks = [ActivationCompressionHook(num_layers=1), ActivationCompressionHook(num_layers=2)]
+    runner = SimpleNamespace(hooks=hooks, model=copy.deepcopy(deeplab), cfg=Config({}))
+    with pytest.raises(ValueError, match='given 2 times in custom_hooks; give it once'):
+        hooks[0].before_run(runner)
+    hook = ActivationCompressionHook(num_layers=1, require_load_from=True)
+    runner = SimpleNamespace(hooks=[hook], model=copy.deepcopy(deeplab), cfg=Config({'load_from': None}))
+    with pytest.raises(ValueError, match='load_from is not set; add --cfg-options load_from=CHECKPOINT'):
+        hook.before_run(runner)
+
+
+# --------------------------------------------------------------------------- every config builds
+ALL_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', '*', '*.py')))
+ALL_CONFIGS = [c for c in ALL_CONFIGS if '/_base_/' not in c]
+
+PAPER_10L = {
+    'deeplabv3_r18-d8': ['backbone.layer4.0.conv1', 'backbone.layer4.0.conv2', 'backbone.layer4.1.conv1',
+                         'backbone.layer4.1.conv2', 'decode_head.aspp_modules.0.conv',
+                         'decode_head.aspp_modules.1.conv', 'decode_head.aspp_modules.2.conv',
+                         'decode_head.aspp_modules.3.conv', 'decode_head.bottleneck.conv', 'decode_head.conv_seg'],
+}
+
+
+@pytest.mark.parametrize('config', ALL_CONFIGS, ids=lambda c: osp.relpath(c, osp.join(REPO, 'configs')))
+def test_every_config_builds_and_its_layers_exist(config):
+    cfg, model = build_model_from_config(config)
+    assert cfg.model.backbone.norm_cfg.type == 'BN'
+    hooks = [h for h in cfg.get('custom_hooks', []) if h['type'] == 'ActivationCompressionHook']
+    assert len(hooks) <= 1
+    if not hooks:
+        return
+    args = {k: v for k, v in hooks[0].items() if k != 'type'}
+    hook = ActivationCompressionHook(**args)
+    paths = hook.prepare(model)
+    assert len(paths) == (args.get('num_layers') or len(args['layers']))
+    arch = osp.basename(config).split('_')[0] + '_' + osp.basename(config).split('_')[1]
+    if '10L' in config and arch in PAPER_10L:
+        assert paths == PAPER_10L[arch]
+    if 'calib' in config:
+        assert paths == ['decode_head.conv_seg']
+
+
+# --------------------------------------------------------------------------- real training runs
+def _changed_and_frozen(initial, trained, region):
+    changed = {k for k in region if not torch.equal(initial[k], trained[k])}
+    not_frozen = [k for k in initial if k not in region and not torch.equal(initial[k], trained[k])]
+    return changed, not_frozen
+
+
+@pytest.mark.parametrize('algo', list(MODELS))
+def test_stock_train_py_fine_tunes_only_the_chosen_layers(algo, sample_workspace, tmp_path):
+    arch = MODELS[algo]
+    initial = initial_checkpoint(arch, tmp_path / 'init.pth')
+    work = tmp_path / 'work'
+    out = run_tool([mmseg_train_py(), sample_config(arch, 'hosvd-0.8-10L'), '--work-dir', work,
+                    '--cfg-options', f'load_from={tmp_path / "init.pth"}'] + TWO_ITERS, cwd=sample_workspace)
+    assert out.returncode == 0, out.stdout[-5000:]
+    assert 'ActivationCompressionHook: method=hosvd, explained_variance=0.8, ' in out.stdout
+    ranks = re.findall(r'Iter\(train\) \[\d/2\].*actcomp_rank_mode1: ([\d.]+).*actcomp_kept_MiB: ([\d.]+)',
+                       out.stdout)
+    assert len(ranks) == 2 and all(float(r) >= 1 and float(b) > 0 for r, b in ranks)
+    assert re.search(r'Iter\(val\) \[8/8\].*mIoU', out.stdout)
+
+    from mmseg_actcomp.utils import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()
+    trained = torch.load(work / 'iter_2.pth', map_location='cpu')['state_dict']  # weights_only=True
+    assert list(trained) == list(initial)  # a stock mmseg state dict: no key changes
+    cfg, stock = build_model_from_config(sample_config(arch))
+    assert not any(isinstance(m, (HOSVDConv2d, SVDConv2d)) for m in stock.modules())
+    stock.load_state_dict(trained, strict=True)
+    hook_cfg = Config.fromfile(sample_config(arch, 'hosvd-0.8-10L')).custom_hooks[0]
+    paths = ActivationCompressionHook(**{k: v for k, v in hook_cfg.items() if k != 'type'}).prepare(stock)
+    region = region_keys(paths, initial, stock)
+    changed, not_frozen = _changed_and_frozen(initial, trained, region)
+    assert not not_frozen, f'frozen tensors changed: {not_frozen[:5]}'
+    assert {p + '.weight' for p in paths} <= changed, 'every fine-tuned conv weight must move'
+    stock.eval()
+    with torch.no_grad():
+        assert stock(torch.rand(1, 3, 64, 64), None, mode='tensor').shape[1] == 21
+
+
+def test_resume_continues_with_compression_and_test_py_evaluates(sample_workspace, tmp_path):
+    config = sample_config('deeplabv3_r18-d8', 'hosvd-0.8-10L')
+    work = tmp_path / 'work'
+    out = run_tool([mmseg_train_py(), config, '--work-dir', work, '--cfg-options'] + TWO_ITERS,
+                   cwd=sample_workspace)
+    assert out.returncode == 0, out.stdout[-3000:]
+    out = run_tool([mmseg_train_py(), config, '--work-dir', work, '--resume', '--cfg-options',
+                    'train_cfg.max_iters=3', 'train_cfg.val_interval=3', 'default_hooks.checkpoint.interval=3',
+                    'default_hooks.logger.interval=1'], cwd=sample_workspace)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert 'resumed epoch: 0, iter: 2' in out.stdout
+    assert re.search(r'Iter\(train\) \[3/3\].*actcomp_rank_mode1', out.stdout)
+    import mmseg
+    test_py = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', 'test.py')
+    out = run_tool([test_py, sample_config('deeplabv3_r18-d8'), work / 'iter_3.pth', '--work-dir',
+                    tmp_path / 'test'], cwd=sample_workspace)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert re.search(r'Iter\(test\) \[8/8\].*mIoU: [\d.]+', out.stdout)
+
+
+def test_ddp_two_gloo_processes(sample_workspace, tmp_path):
+    config = sample_config('deeplabv3_r18-d8', 'hosvd-0.8-10L')
+    initial = initial_checkpoint('deeplabv3_r18-d8', tmp_path / 'init.pth')
+    out = run_tool(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29537',
+                    osp.join(REPO, 'tests', 'helpers', 'dist_cpu_train.py'), config, '--launcher', 'pytorch',
+                    '--work-dir', tmp_path / 'work', '--cfg-options', f'load_from={tmp_path / "init.pth"}',
+                    'env_cfg.dist_cfg.backend=gloo', 'model_wrapper_cfg.type=MMDistributedDataParallel',
+                    'model_wrapper_cfg.device_ids=None', 'train_cfg.max_iters=3', 'train_cfg.val_interval=3',
+                    'default_hooks.checkpoint.interval=3', 'default_hooks.logger.interval=1'],
+                   cwd=sample_workspace)
+    assert out.returncode == 0, out.stdout[-5000:]
+    assert 'Distributed training: True' in out.stdout
+    assert re.search(r'Iter\(train\) \[3/3\].*actcomp_rank_mode1', out.stdout)
+    trained = torch.load(tmp_path / 'work' / 'iter_3.pth', map_location='cpu', weights_only=False)['state_dict']
+    assert torch.equal(trained['backbone.layer1.0.conv1.weight'], initial['backbone.layer1.0.conv1.weight'])
+    assert not torch.equal(trained['decode_head.conv_seg.weight'], initial['decode_head.conv_seg.weight'])
+
+
+def test_bf16_amp_on_cpu(sample_workspace, tmp_path):
+    config = sample_config('deeplabv3_r18-d8', 'hosvd-0.8-10L')
+    out = run_tool([osp.join(REPO, 'tests', 'helpers', 'cpu_amp_train.py'), config, '--work-dir', tmp_path / 'w',
+                    '--cfg-options', 'optim_wrapper.type=AmpOptimWrapper', 'optim_wrapper.dtype=bfloat16']
+                   + TWO_ITERS, cwd=sample_workspace)
+    assert out.returncode == 0, out.stdout[-5000:]
+    assert 'AmpOptimWrapper' in out.stdout
+    logged = re.findall(r'Iter\(train\) \[\d/2\].*loss: ([\d.naif]+).*actcomp_kept_MiB: ([\d.]+)'
+                        r'.*actcomp_vanilla_MiB: ([\d.]+)', out.stdout)
+    assert len(logged) == 2
+    for loss, kept, vanilla in logged:
+        assert torch.isfinite(torch.tensor(float(loss))) and float(kept) > 0
+    # The 10 layers' inputs at batch 2, crop 128 (16x16 maps after the d8 backbone), counted at 2 bytes
+    # per element since autocast feeds the convs bf16: layer4.0.conv1 256 channels; layer4.0.conv2,
+    # layer4.1.conv1/conv2 and the 4 ASPP branches 512; bottleneck 640; conv_seg 128.
+    elements = 2 * 16 * 16 * (256 + 7 * 512 + 640 + 128)
+    assert float(logged[0][2]) == pytest.approx(elements * 2 / 2**20, abs=1e-3)
+
+
+def test_bad_hook_value_via_train_py_is_a_clear_error(tmp_path):
+    out = run_tool([osp.join(REPO, 'tools', 'train.py'), sample_config('deeplabv3_r18-d8', 'hosvd-0.8-10L'),
+                    '--work-dir', tmp_path / 'w', '--cfg-options', 'custom_hooks.0.method=tucker'], cwd=tmp_path)
+    assert out.returncode == 1
+    assert "error: " in out.stdout and "method='tucker' is not allowed; use one of ['hosvd', 'none', 'svd']" \
+        in out.stdout
+    assert 'Traceback' not in out.stdout
