@@ -166,8 +166,8 @@ def _op_table(report: dict, side: str) -> str:
 
 def format_report(report: dict) -> str:
     """The aligned text tables of a :func:`build_report` report: layers, whole model, per op."""
-    head = (f"config {report.get('config')}  method {report.get('method')}  "
-            f"eps {report.get('explained_variance')}  layers {len(report['layers'])}  "
+    head = (f"config {report.get('config')}  method {report.get('method') or '- (no hook)'}  "
+            f"eps {report.get('explained_variance') or '-'}  layers {len(report['layers'])}  "
             f"device {report.get('device')}  batches {report['num_batches']}  "
             f"batch {_shape_text(report.get('batch_shape'))}")
     parts = [head]
