@@ -128,7 +128,7 @@ def align(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -
 
 
 def _layer_table(report: dict) -> str:
-    header = ('layer', 'type', 'input shape', 'ranks', 'vanilla KiB', 'kept KiB', 'ratio')
+    header = ('layer', 'type', 'input shape', 'ranks (max)', 'vanilla KiB', 'kept KiB', 'ratio')
     rows = [(r['path'], r['type'] or '-', _shape_text(r['input_shape']), _shape_text(r['ranks']),
              _kib(r['vanilla_bytes']), _kib(r['kept_bytes']), _times(r['ratio']))
             for r in report['layers']]
