@@ -12,6 +12,7 @@ identical in both, so they are left out.
     python benchmarks/bench_core.py [--repeats 2] [--device cpu] [--eps 0.7 0.8 0.9]
 """
 import argparse
+import os
 import time
 
 import torch
@@ -131,7 +132,7 @@ def main():
     device = torch.device(args.device)
 
     print(f'device: {device} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}, '
-          f'float32, best of {args.repeats} run(s)')
+          f'float32, best of {args.repeats} run(s); {load_average()}')
     print('data: random activations with a decaying spectrum: ReLU(sum of 128 batch x channel loadings '
           'times smooth spatial fields (bicubic-upsampled noise at 1/4, 1/8, 1/16), weights j^-0.75, '
           '+ 50% noise)')
@@ -162,7 +163,13 @@ def main():
                       f'{ours[0]:7.3f}/{ref[0]:7.3f} {ref[0] / ours[0]:4.0f}x  '
                       f'{ours[1]:6.3f}/{ref[1]:6.3f}   {ours_total:6.3f}/{ref_total:6.3f}  '
                       f'{ref_total / ours_total:7.1f}x {diff:11.1e}')
+    print(f'\n{load_average()} (timings are only comparable on an otherwise idle machine)')
     accuracy_check(device, args.eps)
+
+
+def load_average():
+    """The 1-minute load average: other jobs on the cores inflate every timing, unevenly."""
+    return f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores'
 
 
 def accuracy_check(device, thresholds):

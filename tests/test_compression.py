@@ -250,6 +250,17 @@ def test_autocast_does_not_lower_the_decomposition_precision():
     assert all(torch.equal(a, b) for a, b in zip(tucker.tensors, expected.tensors))
 
 
+def test_compress_restores_the_thread_count():
+    """The eigen-solver runs single-threaded on CPU; the caller's setting must come back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        hosvd(torch.rand(2, 3, 4, 5), 0.8)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_channels_last_input_matches_contiguous():
     x = low_rank_activation((4, 8, 6, 5), seed=7)
     expected = hosvd(x, 0.8)

@@ -15,7 +15,8 @@ The singular vectors come from ``torch.linalg.eigh`` of the small Gram matrix ``
 makes compression cheap. Unfoldings taller than wide (``I_n`` larger than the product of the other sizes)
 go through a thin ``torch.linalg.svd`` instead, whose cost is then the smaller one.
 """
-from typing import NamedTuple, Optional, Sequence, Tuple
+import contextlib
+from typing import Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -103,6 +104,26 @@ def _require_finite(values: Tensor, name: str, mode: int) -> None:
             f'unfolding), so no rank can be chosen for it; the forward pass has diverged upstream')
 
 
+@contextlib.contextmanager
+def _single_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run the eigen-solver single-threaded on CPU.
+
+    MKL's eigen-solvers open a parallel region per column of the tridiagonal reduction. On a few cores
+    that gains little, and when other processes share the cores every region waits for a descheduled
+    thread: a 512 x 512 ``eigh`` was seen taking 9 s instead of 0.04 s. ``torch.set_num_threads`` is
+    process-wide, so torch work running concurrently in another Python thread sees one thread meanwhile.
+    """
+    if device.type != 'cpu':
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _spectrum(x: Tensor, mode: int, name: str) -> Tuple[Tensor, Tensor, float]:
     """Squared singular values ``(m,)`` (descending), left singular vectors ``(I_n, m)`` and the relative
     rounding floor of the former, for the mode-``mode`` unfolding of ``x``."""
@@ -112,13 +133,15 @@ def _spectrum(x: Tensor, mode: int, name: str) -> Tuple[Tensor, Tensor, float]:
         gram = mode_gram(x, mode)
         # The diagonal holds the squared norms of the mode-n slices: finite iff every element of x is.
         _require_finite(gram.diagonal(), name, mode)
-        eigenvalues, vectors = torch.linalg.eigh(gram.to(spectral_dtype))
+        with _single_cpu_thread(x.device):
+            eigenvalues, vectors = torch.linalg.eigh(gram.to(spectral_dtype))
         # The Gram is only as accurate as the dtype it was accumulated in.
         rtol = size * torch.finfo(gram.dtype).eps
         return eigenvalues.flip(0), vectors.flip(1), rtol
     matrix = unfold(x, mode)
     _require_finite(matrix, name, mode)
-    vectors, singular_values, _ = torch.linalg.svd(matrix.to(spectral_dtype), full_matrices=False)
+    with _single_cpu_thread(x.device):
+        vectors, singular_values, _ = torch.linalg.svd(matrix.to(spectral_dtype), full_matrices=False)
     rtol = (size * torch.finfo(spectral_dtype).eps) ** 2
     return singular_values.square(), vectors, rtol
 
