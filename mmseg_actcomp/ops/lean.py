@@ -12,10 +12,13 @@ Stock autograd, in a fine-tuned ResNet block or mmcv ``ConvModule``, keeps:
   input ``x_hat`` compressed like the convolutions' inputs.
 * ``ConvolutionBackward0`` of a frozen conv (e.g. a block's ``downsample``): its full input, although
   with the weight frozen only ``grad_input`` (from the weight alone) is wanted: :class:`LeanConv2d`.
+* ``AdaptiveAvgPool2DBackward0`` (PSPNet's pyramid pooling): its full input, of which backward reads
+  only the shape: :class:`LeanAdaptiveAvgPool2d`.
 * ``nn.Dropout``: a full-size mask (a byte per element); ``nn.Dropout2d`` (decode heads) a ``(B, C, 1, 1)``
   noise tensor. :class:`RegeneratedDropout` keeps a seed and regenerates the mask in backward.
 
-Residual adds (``AddBackward0``), ``torch.cat`` and bilinear resizes keep nothing full-size already.
+Residual adds (``AddBackward0``), ``torch.cat``, bilinear resizes and global average pooling (a ``mean``)
+keep nothing full-size already.
 
 :func:`make_lean` swaps all of these into a module tree in place, sharing parameters and buffers, so
 state-dict keys, optimizers and checkpoints are unaffected. Every input gradient stays exact; only the
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import Function, once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.utils import _pair
 
 from ..compression import (METHODS, Tucker, autocast_disabled, compress, mode_product,
                            multi_mode_product, validate_explained_variance)
@@ -423,6 +427,56 @@ class LeanConv2d(nn.Conv2d):
                                  self.groups)
 
 
+# ------------------------------------------------------------------------------------------ pooling
+
+
+class ShapeOnlyAdaptiveAvgPool2dFunction(Function):
+    """``F.adaptive_avg_pool2d`` keeping only the input's shape, dtype, device and memory format:
+    ``_adaptive_avg_pool2d_backward`` reads nothing else of the input, but stock autograd keeps it whole.
+
+    ``apply(x, output_size)``. Saves no tensor. Only for output sizes other than ``(1, 1)`` (torch runs
+    those as a ``mean``, which keeps nothing anyway).
+    """
+
+    @staticmethod
+    def forward(x: Tensor, output_size) -> Tensor:
+        return F.adaptive_avg_pool2d(x, output_size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, _ = inputs
+        ctx.input_meta = (x.shape, x.dtype, x.device)
+        ctx.memory_format = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+                             and x.is_contiguous(memory_format=torch.channels_last)
+                             else torch.contiguous_format)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        shape, dtype, device = ctx.input_meta
+        # The kernel takes the input only for its sizes and memory format: an uninitialised stand-in.
+        stand_in = torch.empty(shape, dtype=dtype, device=device, memory_format=ctx.memory_format)
+        return torch.ops.aten._adaptive_avg_pool2d_backward(grad_output, stand_in), None
+
+
+class LeanAdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` keeping nothing of its input for backward (stock autograd keeps it whole
+    for output sizes other than 1, e.g. PSPNet's pyramid pooling at scales 2, 3 and 6). Bit-identical
+    output and gradient."""
+
+    @classmethod
+    def from_module(cls, module: nn.AdaptiveAvgPool2d) -> 'LeanAdaptiveAvgPool2d':
+        return cls(module.output_size).train(module.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: ``(B, C, H, W)`` or ``(C, H, W)``; returns ``(..., h, w)`` of ``output_size``."""
+        size = _pair(self.output_size)
+        size = tuple(x.shape[-2 + i] if s is None else s for i, s in enumerate(size))
+        if size == (1, 1) or not _grad_needed(x):
+            return super().forward(x)
+        return ShapeOnlyAdaptiveAvgPool2dFunction.apply(x, size)
+
+
 # ------------------------------------------------------------------------------------------ Dropout
 
 
@@ -521,7 +575,7 @@ def _lean_twin(module: nn.Module, explained_variance: float, method: str) -> Opt
     """The lean replacement of ``module``, ``module`` itself if it is lean already (its BN settings
     updated), or None if it has none."""
     kind = type(module)
-    if kind in (PackedMaskReLU, RegeneratedDropout, LeanConv2d):
+    if kind in (PackedMaskReLU, RegeneratedDropout, LeanConv2d, LeanAdaptiveAvgPool2d):
         return module
     if kind is LeanBatchNorm2d:
         module.explained_variance, module.method = explained_variance, method
@@ -534,6 +588,8 @@ def _lean_twin(module: nn.Module, explained_variance: float, method: str) -> Opt
         return LeanBatchNorm2d.from_bn(module, explained_variance, method)
     if kind is nn.Conv2d:
         return LeanConv2d.from_conv(module)
+    if kind is nn.AdaptiveAvgPool2d:
+        return LeanAdaptiveAvgPool2d.from_module(module)
     if isinstance(module, _BatchNorm):
         warnings.warn(f'make_lean: leaving {kind.__name__} as it is (only nn.BatchNorm2d is made lean); '
                       'it keeps its full input for backward', stacklevel=3)
@@ -546,7 +602,8 @@ def make_lean(module: nn.Module, explained_variance: float, method: str) -> Dict
 
     ``nn.ReLU`` / ``nn.ReLU6`` -> :class:`PackedMaskReLU`; ``nn.BatchNorm2d`` -> :class:`LeanBatchNorm2d`
     (``explained_variance`` and ``method`` for a trainable ``gamma``); ``nn.Dropout`` / ``nn.Dropout2d`` ->
-    :class:`RegeneratedDropout`; plain ``nn.Conv2d`` -> :class:`LeanConv2d` (lean only while frozen).
+    :class:`RegeneratedDropout`; plain ``nn.Conv2d`` -> :class:`LeanConv2d` (lean only while frozen);
+    ``nn.AdaptiveAvgPool2d`` -> :class:`LeanAdaptiveAvgPool2d`.
     Subclasses (compressed convs, ``SyncBatchNorm``, ...) are left alone; other ``_BatchNorm`` layers with
     a warning. ``module`` itself is never replaced (it is the region root, e.g. a ResNet block, an mmcv
     ``ConvModule`` or a decode head). A layer registered under several paths gets one twin at all of them.
