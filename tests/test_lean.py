@@ -14,8 +14,8 @@ from torch import nn
 
 from mmseg_actcomp.compression import hosvd, reconstruct, svd
 from mmseg_actcomp.memory import measure_step
-from mmseg_actcomp.ops import (HOSVDConv2d, LeanBatchNorm2d, LeanConv2d, PackedMaskReLU,
-                               RegeneratedDropout, make_lean)
+from mmseg_actcomp.ops import (HOSVDConv2d, LeanAdaptiveAvgPool2d, LeanBatchNorm2d, LeanConv2d,
+                               PackedMaskReLU, RegeneratedDropout, make_lean)
 from mmseg_actcomp.ops.lean import channel_inner_products, pack_bits, unpack_bits
 from test_compression import low_rank_activation, single_thread  # noqa: F401 (an autouse fixture)
 from test_ops_conv import saved_tensors
@@ -383,6 +383,25 @@ def test_lean_conv_is_stock_where_it_cannot_help(situation):
     assert out.grad_fn.name() == 'ConvolutionBackward0' and torch.equal(out, conv(x))
 
 
+# --- adaptive average pooling -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('output_size', [2, 3, 6, (None, 3), 1])
+def test_lean_adaptive_pool_bit_identical_and_keeps_nothing(output_size, channels_last):
+    x = torch.randn(2, 5, 13, 11, generator=torch.Generator().manual_seed(0))
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    stock = nn.AdaptiveAvgPool2d(output_size)
+    lean = LeanAdaptiveAvgPool2d.from_module(stock)
+    (out, grads), saved = saved_tensors(lambda: run_grads(lean, x))
+    expected_out, expected = run_grads(stock, x)
+    assert saved == []
+    assert_bit_identical(out, expected_out)
+    assert_bit_identical(grads['input'], expected['input'])
+    assert grads['input'].stride() == expected['input'].stride()
+
+
 # --- ops that keep nothing full-size anyway ------------------------------------------------------------
 
 
@@ -564,22 +583,23 @@ def test_make_lean_leaves_other_norms_and_the_root_alone():
 # --- integration prototype: the hook's region of a real segmentor ---------------------------------------
 
 
-def test_lean_region_of_deeplabv3_r18_keeps_only_factors_and_masks():
-    """What the hook owner's integration should give: the sample DeepLabV3-R18 10-layer config, its
-    region roots made lean and their BNs in running-statistics mode; the region then keeps exactly the
-    conv factors, the compressed x_hat of the trainable-gamma BNs and one packed mask per ReLU call."""
+@pytest.mark.parametrize('config', ['deeplabv3_r18-d8', 'pspnet_r18-d8', 'fcn_r18-d8'])
+def test_lean_region_of_a_segmentor_keeps_only_factors_and_masks(config):
+    """What the hook owner's integration should give: a sample 10-layer config, its region roots made
+    lean and their BNs in running-statistics mode; the region then keeps exactly the conv factors, the
+    compressed x_hat of the trainable-gamma BNs and one packed mask per ReLU call. (UPerNet and the
+    MobileNetV2 models wait for compression to copy factors of modes wider than 1024: see
+    test_memory.test_measured_equals_factors_for_wide_channel_modes.)"""
     from conftest import REPO, build_model_from_config
     from mmseg_actcomp.hooks import ActivationCompressionHook
     from mmseg_actcomp.memory import region_modules
 
     cfg, model = build_model_from_config(
-        f'{REPO}/configs/sample/deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py')
+        f'{REPO}/configs/sample/{config}_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py')
     hook = ActivationCompressionHook(**{k: v for k, v in cfg.custom_hooks[0].items() if k != 'type'})
     paths = hook.prepare(model)
     roots = [path for path in region_modules(paths) if path not in paths]
-    assert roots == ['backbone.layer4.0', 'backbone.layer4.1', 'decode_head', 'decode_head.aspp_modules.0',
-                     'decode_head.aspp_modules.1', 'decode_head.aspp_modules.2',
-                     'decode_head.aspp_modules.3', 'decode_head.bottleneck']
+    assert 'decode_head' in roots and any(root.startswith('backbone.layer4') for root in roots)
     lean = {}
     for root in roots:
         lean.update({f'{root}.{p}': m for p, m in make_lean(model.get_submodule(root), 0.8, 'hosvd').items()})
@@ -595,7 +615,7 @@ def test_lean_region_of_deeplabv3_r18_keeps_only_factors_and_masks():
     step = measure_step(model, lambda: model(x, mode='tensor').sum(), paths)
     convs = [hook.fine_tuned[p] for p in paths]
     trainable_norms = [n for n in norms if n.weight.requires_grad]
-    assert len(trainable_norms) == 5 and len(mask_bytes) == 10
+    assert trainable_norms and mask_bytes
     assert step.saved['region'] == (sum(c.last_kept_bytes for c in convs)
                                     + sum(n.last_kept_bytes for n in trainable_norms) + sum(mask_bytes))
     assert set(step.saved['per_op']['region']) == {
