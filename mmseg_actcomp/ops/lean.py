@@ -116,8 +116,9 @@ def _relu(x: Tensor, max_value: Optional[float], inplace: bool) -> Tensor:
 def _relu_passes(y: Tensor, max_value: Optional[float]) -> Tensor:
     """Where the gradient passes, read off the output ``y``, by torch's own rules: ``threshold_backward``
     zeroes where ``result <= 0`` and ``hardtanh_backward`` where ``x <= min or x >= max``; written as
-    negations so that NaN lets the gradient through, as in torch. (On ``y`` = clamp(x) the hardtanh rule
-    gives the same set as on ``x``.)"""
+    negations so that NaN lets the gradient through, as in torch (for ReLU6 only torch's scalar CPU loop
+    and CUDA kernel do; its vectorised CPU loop zeroes NaN). On ``y`` = clamp(x) the hardtanh rule gives
+    the same set as on ``x``."""
     blocked = y <= 0
     if max_value is not None:
         blocked |= y >= max_value
