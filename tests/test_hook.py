@@ -163,6 +163,16 @@ PAPER_10L = {
                          'backbone.layer4.1.conv2', 'decode_head.aspp_modules.0.conv',
                          'decode_head.aspp_modules.1.conv', 'decode_head.aspp_modules.2.conv',
                          'decode_head.aspp_modules.3.conv', 'decode_head.bottleneck.conv', 'decode_head.conv_seg'],
+    'deeplabv3_mv2-d8': ['backbone.layer6.2.conv.2.conv', 'backbone.layer7.0.conv.0.conv',
+                         'backbone.layer7.0.conv.1.conv', 'backbone.layer7.0.conv.2.conv',
+                         'decode_head.aspp_modules.0.conv', 'decode_head.aspp_modules.1.conv',
+                         'decode_head.aspp_modules.2.conv', 'decode_head.aspp_modules.3.conv',
+                         'decode_head.bottleneck.conv', 'decode_head.conv_seg'],
+    # not in the paper: the last 10 traced convs, as its config comment lists them
+    'fcn_mv2-d8': ['backbone.layer6.2.conv.0.conv', 'backbone.layer6.2.conv.1.conv', 'backbone.layer6.2.conv.2.conv',
+                   'backbone.layer7.0.conv.0.conv', 'backbone.layer7.0.conv.1.conv', 'backbone.layer7.0.conv.2.conv',
+                   'decode_head.convs.0.conv', 'decode_head.convs.1.conv', 'decode_head.conv_cat.conv',
+                   'decode_head.conv_seg'],
 }
 
 
