@@ -9,7 +9,7 @@ folds the batch (and channel) factors into grad_output (see mmseg_actcomp.ops.fu
 Timed: compress(x) then grad_weight from the kept factors. The input and bias gradients are exact and
 identical in both, so they are left out.
 
-    python benchmarks/bench_core.py [--repeats 2] [--device cpu] [--eps 0.7 0.8 0.9]
+    python benchmarks/bench_core.py [--repeats 1] [--device cpu] [--eps 0.7 0.8 0.9]
 """
 import argparse
 import os
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_weight
 
-from mmseg_actcomp.compression import METHODS, compress, unfold
+from mmseg_actcomp.compression import METHODS, compress, single_cpu_thread, unfold
 from mmseg_actcomp.ops import conv2d_weight_from_tucker
 
 # Two convolutions of DeepLabV3-R18-d8 on 512x512 crops, batch 8 (features at 1/8 resolution: 64x64).
@@ -57,12 +57,14 @@ def reference_rank(singular_values, eps):
     return int(((energy.cumsum(0) / energy.sum()) < eps).sum()) + 1
 
 
-def reference_compress(x, eps, modes):
-    """Full SVD of every unfolding; returns (core, {mode: U_n})."""
-    bases = {}
-    for mode in modes:
-        u, s, _ = torch.linalg.svd(unfold(x, mode), full_matrices=False)
-        bases[mode] = u[:, :reference_rank(s, eps)]
+def reference_svds(x, modes):
+    """Full SVD of every unfolding: ``{mode: (U, S)}``. Independent of eps."""
+    return {mode: torch.linalg.svd(unfold(x, mode), full_matrices=False)[:2] for mode in modes}
+
+
+def reference_truncate(x, svds, eps):
+    """Ranks by explained variance, core by successive mode products; returns (core, {mode: U_n})."""
+    bases = {mode: u[:, :reference_rank(s, eps)] for mode, (u, s) in svds.items()}
     core = x
     for mode, u in bases.items():
         core = torch.tensordot(core, u, dims=([mode], [0])).movedim(-1, mode)
@@ -91,39 +93,52 @@ def timed(fn, device):
     return time.perf_counter() - start, result
 
 
-def run_ours(x, eps, modes, weight_shape, grad_output, conv_args, device):
-    t_compress, tucker = timed(lambda: compress(x, eps, modes), device)
-    t_grad, grad = timed(lambda: conv2d_weight_from_tucker(tucker, weight_shape, grad_output, *conv_args),
-                         device)
+def fastest(fn, device, repeats):
+    """(least seconds over ``repeats`` runs, result): the run least disturbed by other load."""
+    runs = [timed(fn, device) for _ in range(repeats)]
+    return min(seconds for seconds, _ in runs), runs[-1][1]
+
+
+def time_reference_svds(x, modes, device, repeats):
+    """(seconds, svds) of :func:`reference_svds`. On CPU, the faster of all threads and one thread:
+    MKL's multi-threaded SVD stalls when other jobs share the cores, and one thread is slower on an idle
+    machine, so the reference gets whichever wins this time."""
+    seconds, svds = fastest(lambda: reference_svds(x, modes), device, repeats)
+    if device.type == 'cpu':
+        with single_cpu_thread(device):
+            seconds = min(seconds, fastest(lambda: reference_svds(x, modes), device, repeats)[0])
+    return seconds, svds
+
+
+def run_ours(x, eps, modes, weight_shape, grad_output, conv_args, device, repeats=1):
+    """(compress seconds, grad_W seconds, ranks, grad_W) of mmseg_actcomp."""
+    t_compress, tucker = fastest(lambda: compress(x, eps, modes), device, repeats)
+    t_grad, grad = fastest(lambda: conv2d_weight_from_tucker(tucker, weight_shape, grad_output,
+                                                             *conv_args), device, repeats)
     return t_compress, t_grad, tucker.ranks, grad
 
 
-def run_reference(x, eps, modes, weight_shape, grad_output, conv_args, device):
-    t_compress, (core, bases) = timed(lambda: reference_compress(x, eps, modes), device)
-    t_grad, grad = timed(lambda: reference_grad_weight(core, bases, weight_shape, grad_output,
-                                                       *conv_args[:3]), device)
-    return t_compress, t_grad, tuple(u.shape[1] for u in bases.values()), grad
-
-
-def best_of(runner, repeats, *args):
-    """Fastest compress and grad times over ``repeats`` runs (the least disturbed by other load on a
-    shared machine), the ranks and the last gradient."""
-    runs = [runner(*args) for _ in range(repeats)]
-    return min(r[0] for r in runs), min(r[1] for r in runs), runs[-1][2], runs[-1][3]
+def run_reference(x, svds, eps, weight_shape, grad_output, conv_args, device, repeats=1):
+    """(truncate seconds, grad_W seconds, ranks, grad_W) of the reference, given its SVDs."""
+    t_truncate, (core, bases) = fastest(lambda: reference_truncate(x, svds, eps), device, repeats)
+    t_grad, grad = fastest(lambda: reference_grad_weight(core, bases, weight_shape, grad_output,
+                                                         *conv_args[:3]), device, repeats)
+    return t_truncate, t_grad, tuple(u.shape[1] for u in bases.values()), grad
 
 
 def warm_up(device):
     """One small run of each path, so that library initialisation is not timed."""
     x = realistic_activation((2, 16, 16, 16), device, components=8)
     grad_output = torch.randn(2, 8, 16, 16, device=device)
-    for method in METHODS.values():
-        run_ours(x, 0.8, method, (8, 16, 3, 3), grad_output, ((1, 1), (1, 1), (1, 1), 1), device)
-        run_reference(x, 0.8, method, (8, 16, 3, 3), grad_output, ((1, 1), (1, 1), (1, 1), 1), device)
+    conv_args = ((1, 1), (1, 1), (1, 1), 1)
+    for modes in METHODS.values():
+        run_ours(x, 0.8, modes, (8, 16, 3, 3), grad_output, conv_args, device)
+        run_reference(x, reference_svds(x, modes), 0.8, (8, 16, 3, 3), grad_output, conv_args, device)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--repeats', type=int, default=2, help='timed runs per case (fastest reported)')
+    parser.add_argument('--repeats', type=int, default=1, help='timed runs per step (fastest reported)')
     parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
     parser.add_argument('--eps', type=float, nargs='+', default=[0.7, 0.8, 0.9],
                         help='explained-variance thresholds')
@@ -138,7 +153,8 @@ def main():
           '+ 50% noise)')
     print('timed: compress + weight gradient from the kept factors (input/bias gradients are exact and '
           'the same in both)')
-    print('reference: full torch.linalg.svd of every unfolding + rebuild x for the weight gradient')
+    print('reference: full torch.linalg.svd of every unfolding (timed once per layer and method, it does '
+          'not depend on eps; faster of 1 and all CPU threads) + truncation + rebuild x for grad_W')
     warm_up(device)
     header = (f'{"method":6} {"eps":>4}  {"ranks (ours)":18} {"ranks (ref)":18} {"same":4} '
               f'{"compress ours/ref":>17} {"x":>5}  {"grad_W ours/ref":>15}  {"total ours/ref":>15} '
@@ -152,17 +168,22 @@ def main():
               f'dilation {dilation}; times in seconds')
         print(header)
         for method in args.methods:
+            modes = METHODS[method]
+            t_svds, svds = time_reference_svds(x, modes, device, args.repeats)
             for eps in args.eps:
-                case = (x, eps, METHODS[method], weight_shape, grad_output, conv_args, device)
-                ours = best_of(run_ours, args.repeats, *case)
-                ref = best_of(run_reference, args.repeats, *case)
-                ours_total, ref_total = ours[0] + ours[1], ref[0] + ref[1]
+                ours = run_ours(x, eps, modes, weight_shape, grad_output, conv_args, device,
+                                args.repeats)
+                ref = run_reference(x, svds, eps, weight_shape, grad_output, conv_args, device,
+                                    args.repeats)
+                ref_compress = t_svds + ref[0]
+                ours_total, ref_total = ours[0] + ours[1], ref_compress + ref[1]
                 diff = float((ours[3] - ref[3]).norm() / ref[3].norm())
                 print(f'{method:6} {eps:4.2f}  {str(ours[2]):18} {str(ref[2]):18} '
                       f'{"yes" if ours[2] == ref[2] else "NO":4} '
-                      f'{ours[0]:7.3f}/{ref[0]:7.3f} {ref[0] / ours[0]:4.0f}x  '
+                      f'{ours[0]:7.3f}/{ref_compress:7.3f} {ref_compress / ours[0]:4.0f}x  '
                       f'{ours[1]:6.3f}/{ref[1]:6.3f}   {ours_total:6.3f}/{ref_total:6.3f}  '
                       f'{ref_total / ours_total:7.1f}x {diff:11.1e}')
+            del svds
     print(f'\n{load_average()} (timings are only comparable on an otherwise idle machine)')
     accuracy_check(device, args.eps)
 
@@ -181,13 +202,15 @@ def accuracy_check(device, thresholds):
     print('\naccuracy: relative error of grad_W vs float64 full-SVD truncation at the same ranks, '
           f'x {tuple(x.shape)}, weight {weight_shape}')
     for method, modes in METHODS.items():
+        svds, svds64 = reference_svds(x, modes), reference_svds(x.double(), modes)
         for eps in thresholds:
-            core, bases = reference_compress(x.double(), eps, modes)
+            core, bases = reference_truncate(x.double(), svds64, eps)
             truth = reference_grad_weight(core, bases, weight_shape, grad_output.double(), *conv_args[:3])
             ours = run_ours(x, eps, modes, weight_shape, grad_output, conv_args, device)[3]
-            ref = run_reference(x, eps, modes, weight_shape, grad_output, conv_args, device)[3]
+            ref = run_reference(x, svds, eps, weight_shape, grad_output, conv_args, device)[3]
             error = [float((g.double() - truth).norm() / truth.norm()) for g in (ours, ref)]
             print(f'{method:6} {eps:4.2f}  ours {error[0]:.1e}  reference (float32 SVD) {error[1]:.1e}')
+
 
 if __name__ == '__main__':
     main()

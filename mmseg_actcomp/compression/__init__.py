@@ -1,7 +1,7 @@
 """Pure-torch activation compression: unfolding, rank from explained variance, truncated SVD / HOSVD,
 reconstruction and storage size."""
 from .decompose import (METHODS, NonFiniteActivationError, Tucker, compress, hosvd,
-                        leading_singular_vectors, reconstruct, svd)
+                        leading_singular_vectors, reconstruct, single_cpu_thread, svd)
 from .rank import rank_from_explained_variance, validate_explained_variance
 from .storage import storage_bytes, storage_elements, svd_storage_elements, tucker_storage_elements
 from .tensor_ops import autocast_disabled, mode_gram, mode_product, multi_mode_product, unfold
@@ -10,5 +10,5 @@ __all__ = [
     'METHODS', 'NonFiniteActivationError', 'Tucker', 'compress', 'hosvd', 'leading_singular_vectors',
     'reconstruct', 'svd', 'rank_from_explained_variance', 'validate_explained_variance', 'storage_bytes',
     'storage_elements', 'svd_storage_elements', 'tucker_storage_elements', 'mode_gram', 'mode_product',
-    'multi_mode_product', 'unfold', 'autocast_disabled'
+    'multi_mode_product', 'unfold', 'autocast_disabled', 'single_cpu_thread'
 ]

@@ -105,8 +105,9 @@ def _require_finite(values: Tensor, name: str, mode: int) -> None:
 
 
 @contextlib.contextmanager
-def _single_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run the eigen-solver single-threaded on CPU.
+def single_cpu_thread(device: torch.device) -> Iterator[None]:
+    """A context running torch single-threaded if ``device`` is a CPU (and doing nothing otherwise); the
+    eigen-solvers here run in it.
 
     MKL's eigen-solvers open a parallel region per column of the tridiagonal reduction. On a few cores
     that gains little, and when other processes share the cores every region waits for a descheduled
@@ -133,14 +134,14 @@ def _spectrum(x: Tensor, mode: int, name: str) -> Tuple[Tensor, Tensor, float]:
         gram = mode_gram(x, mode)
         # The diagonal holds the squared norms of the mode-n slices: finite iff every element of x is.
         _require_finite(gram.diagonal(), name, mode)
-        with _single_cpu_thread(x.device):
+        with single_cpu_thread(x.device):
             eigenvalues, vectors = torch.linalg.eigh(gram.to(spectral_dtype))
         # The Gram is only as accurate as the dtype it was accumulated in.
         rtol = size * torch.finfo(gram.dtype).eps
         return eigenvalues.flip(0), vectors.flip(1), rtol
     matrix = unfold(x, mode)
     _require_finite(matrix, name, mode)
-    with _single_cpu_thread(x.device):
+    with single_cpu_thread(x.device):
         vectors, singular_values, _ = torch.linalg.svd(matrix.to(spectral_dtype), full_matrices=False)
     rtol = (size * torch.finfo(spectral_dtype).eps) ** 2
     return singular_values.square(), vectors, rtol
