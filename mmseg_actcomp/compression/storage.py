@@ -33,7 +33,8 @@ def svd_storage_elements(shape: Sequence[int], rank: int) -> int:
 
 
 def tucker_storage_elements(shape: Sequence[int], ranks: Sequence[int]) -> int:
-    """``r1*r2*r3*r4 + sum_n I_n * r_n`` for a HOSVD of ``shape = (B, C, H, W)`` with ranks ``(r1, .., r4)``."""
+    """``r1*r2*r3*r4 + sum_n I_n * r_n`` for a HOSVD of ``shape = (B, C, H, W)`` with ranks
+    ``(r1, r2, r3, r4)``."""
     return storage_elements(shape, ranks, tuple(range(len(shape))))
 
 
