@@ -166,7 +166,9 @@ def leading_singular_vectors(x: Tensor, mode: int, explained_variance: float,
     """
     eigenvalues, vectors, rtol = _spectrum(x, mode, name)
     rank = rank_from_explained_variance(eigenvalues, explained_variance, rtol)
-    return vectors[:, :rank].to(x.dtype)
+    # A column slice is a view of the whole eigen- or singular-vector matrix (even when it looks
+    # contiguous, e.g. one column): clone it, or the kept factor pins the whole storage.
+    return vectors[:, :rank].to(x.dtype).clone(memory_format=torch.contiguous_format)
 
 
 def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
