@@ -583,34 +583,33 @@ def test_make_lean_leaves_other_norms_and_the_root_alone():
 # --- integration prototype: the hook's region of a real segmentor ---------------------------------------
 
 
-@pytest.mark.parametrize('config', ['deeplabv3_r18-d8', 'pspnet_r18-d8', 'fcn_r18-d8'])
+@pytest.mark.parametrize('config', [
+    'deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it', 'pspnet_r18-d8_hosvd-0.8-10L_1xb2-20it',
+    'fcn_r18-d8_hosvd-0.8-10L_1xb2-20it', 'upernet_r18_hosvd-0.8-10L_1xb2-20it',
+    'deeplabv3_mv2-d8_hosvd-0.8-10L_1xb4-40it'])
 def test_lean_region_of_a_segmentor_keeps_only_factors_and_masks(config):
-    """What the hook owner's integration should give: a sample 10-layer config, its region roots made
-    lean and their BNs in running-statistics mode; the region then keeps exactly the conv factors, the
-    compressed x_hat of the trainable-gamma BNs and one packed mask per ReLU call. (UPerNet and the
-    MobileNetV2 models wait for compression to copy factors of modes wider than 1024: see
-    test_memory.test_measured_equals_factors_for_wide_channel_modes.)"""
+    """The hook (lean_region=True, its default) on a sample 10-layer config: the region then keeps exactly
+    the conv factors, the compressed x_hat of the trainable-gamma BNs and one packed mask per ReLU call."""
     from conftest import REPO, build_model_from_config
     from mmseg_actcomp.hooks import ActivationCompressionHook
     from mmseg_actcomp.memory import region_modules
 
-    cfg, model = build_model_from_config(
-        f'{REPO}/configs/sample/{config}_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py')
+    cfg, model = build_model_from_config(f'{REPO}/configs/sample/{config}_vocsample-128x128.py')
     hook = ActivationCompressionHook(**{k: v for k, v in cfg.custom_hooks[0].items() if k != 'type'})
+    assert hook.lean_region
     paths = hook.prepare(model)
     roots = [path for path in region_modules(paths) if path not in paths]
-    assert 'decode_head' in roots and any(root.startswith('backbone.layer4') for root in roots)
-    lean = {}
-    for root in roots:
-        lean.update({f'{root}.{p}': m for p, m in make_lean(model.get_submodule(root), 0.8, 'hosvd').items()})
+    assert 'decode_head' in roots
+    lean = {f'{root}.{p}': m for root in roots for p, m in model.get_submodule(root).named_modules()
+            if isinstance(m, (PackedMaskReLU, LeanBatchNorm2d))}
     model.train()
     hook.before_train_iter(None, 0)
     norms = [m for m in lean.values() if isinstance(m, LeanBatchNorm2d)]
-    for norm in norms:
-        norm.eval()
+    assert norms and not any(n.training for n in norms)
     mask_bytes = []
     for relu in {id(m): m for m in lean.values() if isinstance(m, PackedMaskReLU)}.values():
-        relu.register_forward_hook(lambda m, args, out: mask_bytes.append(math.ceil(out.numel() / 8)))
+        relu.register_forward_hook(  # a ReLU on frozen features (e.g. UPerNet's laterals) keeps nothing
+            lambda m, args, out: mask_bytes.append(math.ceil(out.numel() / 8) if out.requires_grad else 0))
     x = low_rank_activation((2, 3, 64, 64), components=12, noise=0.5)
     step = measure_step(model, lambda: model(x, mode='tensor').sum(), paths)
     convs = [hook.fine_tuned[p] for p in paths]

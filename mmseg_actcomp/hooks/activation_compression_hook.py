@@ -13,6 +13,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..compression import validate_explained_variance
+from ..memory.region import region_modules
+from ..ops import LeanBatchNorm2d, make_lean
 from ..ops.convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all_but, select_last,
                            swap_convs, trace_conv_order)
 
@@ -48,6 +50,14 @@ class ActivationCompressionHook(Hook):
             (eval mode) so that frozen means unchanged. The region is the chosen convs plus the norm
             layer of their mmcv ``ConvModule``, if any; BN elsewhere (e.g. a ResNet block's ``bn1``)
             stays as the config says (``norm_eval``). Defaults to True.
+        lean_region (bool): make the rest of the fine-tuned region keep no full-size activation
+            either, as the compressed convs do not: ReLUs keep a bit-packed mask, BNs use their running
+            statistics (an exact input gradient with batch statistics needs the full normalised input)
+            and keep nothing, or a compressed normalised input when their affine weights train, dropout
+            regenerates its mask, frozen convs and pooling keep no input. The region is each chosen
+            conv's parent module (its ConvModule, residual block or head). Input gradients stay exact.
+            Only for 'svd'/'hosvd'; False reproduces the paper's accounting (only conv inputs
+            compressed). Defaults to True.
         require_load_from (bool): fail at start unless the config loads a checkpoint (``load_from``
             or ``resume``): fine-tuning and calibration configs set it, so that a forgotten
             ``--cfg-options load_from=...`` cannot silently fine-tune a random network. Defaults to False.
@@ -57,7 +67,8 @@ class ActivationCompressionHook(Hook):
 
     def __init__(self, method: str = 'hosvd', explained_variance: float = 0.8,
                  num_layers: Optional[int] = None, layers: Optional[Sequence[str]] = None,
-                 freeze_others: bool = True, require_load_from: bool = False) -> None:
+                 freeze_others: bool = True, lean_region: bool = True,
+                 require_load_from: bool = False) -> None:
         if method not in CONV_TYPES:
             raise ValueError(f'ActivationCompressionHook: method={method!r} is not allowed; '
                              f'use one of {sorted(CONV_TYPES)}')
@@ -83,9 +94,10 @@ class ActivationCompressionHook(Hook):
         self.layers = list(layers) if layers is not None else None
         self.freeze_others = bool(freeze_others)
         self.require_load_from = bool(require_load_from)
+        self.lean_region = bool(lean_region) and method != 'none'
         self.layer_paths: List[str] = []
         self.fine_tuned: Dict[str, nn.Conv2d] = {}
-        self._frozen_norms: List[nn.Module] = []
+        self._eval_norms: List[nn.Module] = []
 
     # ------------------------------------------------------------------ the work, outside a runner
     def prepare(self, model: nn.Module) -> List[str]:
@@ -102,15 +114,20 @@ class ActivationCompressionHook(Hook):
                 paths = select_last(trace_inference_convs(model), self.num_layers)
             except ValueError as e:
                 raise ValueError(f'ActivationCompressionHook: {e}') from None
-        self.fine_tuned = swap_convs(model, paths, self.method, self.explained_variance)
+        swap_convs(model, paths, self.method, self.explained_variance)
+        if self.lean_region:
+            for root in sorted(set(region_modules(paths)) - set(paths)):
+                make_lean(model.get_submodule(root), self.explained_variance, self.method)
+        self.fine_tuned = {p: model.get_submodule(p) for p in paths}
         self.layer_paths = list(paths)
+        self._eval_norms = [m for m in model.modules() if isinstance(m, LeanBatchNorm2d)]
         if self.freeze_others:
-            region = list(self.fine_tuned.values()) + _convmodule_norms(model, paths)
-            freeze_all_but(model, region)
-            region_ids = {id(m) for m in region}
-            self._frozen_norms = [m for m in model.modules() if isinstance(m, _BatchNorm)
-                                  and id(m) not in region_ids
-                                  and not any(p.requires_grad for p in m.parameters())]
+            trainable = list(self.fine_tuned.values()) + _convmodule_norms(model, paths)
+            freeze_all_but(model, trainable)
+            trainable_ids = {id(m) for m in trainable}
+            self._eval_norms += [m for m in model.modules() if isinstance(m, _BatchNorm)
+                                 and id(m) not in trainable_ids and not isinstance(m, LeanBatchNorm2d)
+                                 and not any(p.requires_grad for p in m.parameters())]
         return self.layer_paths
 
     def summary(self, model: nn.Module) -> str:
@@ -125,7 +142,8 @@ class ActivationCompressionHook(Hook):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         head = (f'ActivationCompressionHook: method={self.method}, '
-                f'explained_variance={self.explained_variance}, {len(self.layer_paths)} layers; '
+                f'explained_variance={self.explained_variance}, {len(self.layer_paths)} layers, '
+                f'lean_region={self.lean_region}; '
                 f'{trainable}/{total} parameters trainable')
         return '\n'.join([head] + lines)
 
@@ -151,7 +169,12 @@ class ActivationCompressionHook(Hook):
         print_log(self.summary(model), logger='current')
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        for norm in self._frozen_norms:  # the train loop calls model.train() after each validation
+        self.set_norms_eval()
+
+    def set_norms_eval(self) -> None:
+        """Put frozen BNs and the region's lean BNs back in running-statistics mode: the train loop
+        calls ``model.train()`` at its start and after each validation."""
+        for norm in self._eval_norms:
             norm.eval()
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
