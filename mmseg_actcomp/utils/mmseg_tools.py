@@ -14,6 +14,7 @@ import sys
 
 PLUGIN_TYPES = ('ActivationCompressionHook', 'SVDConv2d', 'HOSVDConv2d')
 CUSTOM_IMPORTS_LINE = "custom_imports = dict(imports=['mmseg_actcomp'], allow_failed_imports=False)"
+MOBILENET_V2_WEIGHTS = 'data/pretrained/mobilenet_v2_imagenet.pth'  # where `make weights` writes them
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
@@ -49,7 +50,7 @@ def _close(word, candidates):
 def explain_error(exc):
     """A message saying what to do for the errors users of this plugin meet first, else None.
 
-    Handles: a config file that does not exist, a type that is not registered (usually a missing
+    Handles: a config file or checkpoint that does not exist, a type that is not registered (usually a missing
     ``custom_imports``), a dataset folder or split file that does not exist, and a bad value given to
     the ActivationCompressionHook.
     """
@@ -60,6 +61,12 @@ def explain_error(exc):
                                                                 recursive=True)]
         hint = _close(osp.relpath(osp.abspath(path), REPO_ROOT), names)
         return f'Config file {path!r} does not exist.{hint} The configs are under configs/.'
+    m = re.search(r'(\S+\.pth) can not be found', text)
+    if isinstance(exc, FileNotFoundError) and m:
+        if osp.basename(m.group(1)) == osp.basename(MOBILENET_V2_WEIGHTS):
+            return (f'ImageNet MobileNetV2 weights not found at {m.group(1)}. Make them with `make weights`, '
+                    f'i.e. python tools/model_converters/mobilenetv2_torchvision2mmseg.py {MOBILENET_V2_WEIGHTS}')
+        return f'Checkpoint not found: {m.group(1)}. Check load_from / the checkpoint argument.'
     m = re.search(r'(\w+) is not in the (?:(\w+)::)?(\w+) registry', text)
     if isinstance(exc, KeyError) and m:
         name, scope, registry_name = m.groups()
