@@ -1,0 +1,467 @@
+"""Training-step time and kept activation memory of compressed fine-tuning against vanilla fine-tuning of
+the same layers and mmseg's gradient checkpointing, per model, in one process.
+
+For each config (an mmseg sample config with an ``ActivationCompressionHook`` on 10 layers), the segmentor
+is built once (``init_weights()``: seeded random init for the R18 models, the ImageNet backbone for
+MobileNetV2) and deep-copied per variant, so every variant starts from the same weights:
+
+1. ``vanilla``: ``method='none'``, the same layers fine-tuned, nothing compressed (the baseline);
+2. ``svd``: SVD, ε = the config's explained variance, ``lean_region`` on;
+3. ``hosvd``: HOSVD, ``lean_region`` on;
+4. ``hosvd-paper``: HOSVD with ``lean_region=False`` (the paper's accounting: only conv inputs compressed);
+5. ``vanilla+cp``: vanilla with the backbone's ``with_cp=True`` set in the model config (the same
+   weights loaded); it checkpoints the backbone's residual / inverted-residual blocks whose input needs a
+   gradient, not the decode head.
+
+Each variant is prepared as training does (``hook.prepare``, ``model.train()``, ``hook.before_train_iter``).
+Memory: :func:`mmseg_actcomp.memory.measure_steps` on every pre-fetched batch (forward + backward, what
+autograd keeps between them; mean over batches), split into the fine-tuned region and the rest, and the
+paper's estimate (what the chosen convs keep). Time: forward + backward + ``torch.optim.SGD`` step on the
+trainable parameters, the variants interleaved step by step (so that load drift on a shared machine hits
+them alike) on the same batch sequence; the median over ``--steps`` after ``--warmup`` steps.
+
+    python benchmarks/bench_step.py [--configs CFG ...] [--batches 3] [--steps 5] [--warmup 2]
+        [--threads 1] [--seed 0] [--out-json PATH] [--markdown PATH]
+
+Run it from the repository root: the sample configs read ``data/sample_voc`` (``python
+tools/make_sample_voc.py --out data/sample_voc``) and ``data/pretrained/mobilenet_v2_imagenet.pth``
+(``python tools/model_converters/mobilenetv2_torchvision2mmseg.py data/pretrained/mobilenet_v2_imagenet.pth``)
+relative to the working directory.
+"""
+import argparse
+import contextlib
+import copy
+import json
+import os
+import os.path as osp
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+SAMPLE = 'configs/sample/'
+DEFAULT_CONFIGS = [
+    SAMPLE + 'deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py',
+    SAMPLE + 'pspnet_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py',
+    SAMPLE + 'fcn_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py',
+    SAMPLE + 'upernet_r18_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py',
+    SAMPLE + 'deeplabv3_mv2-d8_hosvd-0.8-10L_1xb4-40it_vocsample-128x128.py',
+]
+CONVERT_COMMAND = 'python tools/model_converters/mobilenetv2_torchvision2mmseg.py {path}'
+
+#: name -> (hook overrides, backbone with_cp, description)
+VARIANTS = {
+    'vanilla': (dict(method='none'), False, 'same layers fine-tuned, nothing compressed (baseline)'),
+    'svd': (dict(method='svd', lean_region=True), False, 'SVD, lean region'),
+    'hosvd': (dict(method='hosvd', lean_region=True), False, 'HOSVD, lean region'),
+    'hosvd-paper': (dict(method='hosvd', lean_region=False), False,
+                    "HOSVD, lean_region=False (the paper's accounting: only conv inputs compressed)"),
+    'vanilla+cp': (dict(method='none'), True, "vanilla with the backbone's with_cp=True"),
+}
+BASELINE, TARGET_VARIANT = 'vanilla', 'hosvd'
+#: the issue's targets for HOSVD on the last 10 layers
+MAX_TIME_RATIO, MAX_REGION_OVER_ESTIMATE, MIN_REGION_REDUCTION = 1.3, 1.25, 10.0
+#: what each backward op of the lean region keeps
+OP_GLOSS = {
+    'PackedMaskReLUFunctionBackward': 'ReLU masks, bit-packed (1 bit/element)',
+    'CompressedConv2dFunctionBackward': 'conv input factors (what the estimate counts)',
+    'RunningStatsBatchNormFunctionBackward': 'BN x_hat factors (trainable BN affine)',
+    'ShapeOnlyAdaptiveAvgPool2dFunctionBackward': 'adaptive pooling (shape only)',
+    'RegeneratedDropoutFunctionBackward': 'dropout (seed only)',
+}
+KIB = 1024
+
+
+class BenchError(Exception):
+    """Missing data or weights, or a config this benchmark cannot run; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------- models
+def _weights_note(cfg, seed: int) -> Dict[str, object]:
+    """Where the weights come from, and whether the ranks say anything about fine-tuning."""
+    init_cfg = cfg.model.backbone.get('init_cfg') or {}
+    if init_cfg.get('type') == 'Pretrained':
+        path = init_cfg['checkpoint']
+        if not osp.isfile(path):
+            raise BenchError(f'backbone weights {path!r} not found (run from the repository root); write '
+                             f'them with:\n  {CONVERT_COMMAND.format(path=path)}')
+        return {'pretrained': True, 'note': f'ImageNet backbone weights ({path}), head random (seed {seed}): '
+                'real features, so the ranks and the estimate mean something'}
+    return {'pretrained': False, 'note': f'random init (seed {seed}): activations of random weights have '
+            'ranks ~1 at this eps, so the estimate is tiny and not what fine-tuning a trained net keeps'}
+
+
+def _cp_model(cfg, base: torch.nn.Module) -> torch.nn.Module:
+    """The config's segmentor built with ``backbone.with_cp=True``, holding ``base``'s weights."""
+    from mmseg.registry import MODELS
+    cfg = copy.deepcopy(cfg)
+    cfg.model.backbone.with_cp = True
+    try:
+        model = MODELS.build(cfg.model)
+    except TypeError as exc:
+        raise BenchError(f'backbone {cfg.model.backbone.type} does not take with_cp: {exc}') from exc
+    model.load_state_dict(base.state_dict())
+    return model
+
+
+def _optimizer_args(cfg) -> dict:
+    """lr / momentum / weight_decay of the config's SGD optimizer (the schedule's defaults otherwise)."""
+    args = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
+    optimizer = (cfg.get('optim_wrapper') or {}).get('optimizer') or {}
+    if optimizer.get('type') == 'SGD':
+        args.update({k: optimizer[k] for k in args if k in optimizer})
+    return args
+
+
+class CheckpointProbe:
+    """Which backbone blocks with ``with_cp`` ran checkpointed (mmseg checkpoints a block only when its
+    input needs a gradient): forward pre-hooks on modules holding a ``with_cp`` attribute."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        self.blocks = {name: m for name, m in backbone.named_modules()
+                       if name and getattr(m, 'with_cp', None) is not None}
+        self.checkpointed: Dict[str, bool] = {}
+        self._handles = []
+
+    def __enter__(self):
+        for name, module in self.blocks.items():
+            self._handles.append(module.register_forward_pre_hook(self._recorder(name)))
+        return self
+
+    def _recorder(self, name: str):
+        def record(module, args) -> None:
+            self.checkpointed[name] = bool(module.with_cp and args and args[0].requires_grad)
+        return record
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+# ------------------------------------------------------------------------------------------ one model
+def _time_steps(runs: Dict[str, dict], batches: List[dict], steps: int, warmup: int) -> None:
+    """Forward + backward + SGD step of every variant, interleaved, on ``batches`` in turn; stores each
+    variant's timed (post-warm-up) step seconds in ``run['times']``."""
+    for i in range(warmup + steps):
+        batch = batches[i % len(batches)]
+        for run in runs.values():
+            optimizer, loss_of_batch = run['optimizer'], run['loss']
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_of_batch(batch)
+            loss.backward()
+            optimizer.step()
+            elapsed = time.perf_counter() - start
+            del loss
+            if i >= warmup:
+                run['times'].append(elapsed)
+
+
+def _ratio(value: Optional[float], base: Optional[float]) -> Optional[float]:
+    return value / base if value is not None and base else None
+
+
+def _variant_figures(name: str, report: dict, times: List[float]) -> dict:
+    measured, estimate = report['totals']['measured'], report['totals']['estimate']
+    return {
+        'description': VARIANTS[name][2], 'hook': report['hook'], 'with_cp': VARIANTS[name][1],
+        'step_times_s': times, 'step_median_s': statistics.median(times),
+        'measured_bytes': {k: measured[k]['mean_bytes'] for k in ('total', 'region', 'rest')},
+        'estimate_bytes': estimate['mean_bytes'],
+        'per_op_region': {op: {'bytes': r['mean_bytes'], 'saves': r['saves']}
+                          for op, r in report['per_op']['region'].items()},
+        'ranks': {row['path']: row['ranks'] for row in report['layers']},
+    }
+
+
+def _targets(variants: Dict[str, dict]) -> List[dict]:
+    """The issue's three targets for the HOSVD variant, each with its measured ratio and verdict."""
+    base, hosvd = variants[BASELINE], variants[TARGET_VARIANT]
+    time_ratio = _ratio(hosvd['step_median_s'], base['step_median_s'])
+    region = hosvd['measured_bytes']['region']
+    over_estimate = _ratio(region, hosvd['estimate_bytes'])
+    reduction = _ratio(base['measured_bytes']['region'], region)
+    return [
+        {'target': f'step time <= {MAX_TIME_RATIO}x vanilla', 'value': time_ratio,
+         'met': time_ratio is not None and time_ratio <= MAX_TIME_RATIO},
+        {'target': f'measured region <= {MAX_REGION_OVER_ESTIMATE}x the estimate', 'value': over_estimate,
+         'met': over_estimate is not None and over_estimate <= MAX_REGION_OVER_ESTIMATE},
+        {'target': f'measured region >= {MIN_REGION_REDUCTION:g}x below vanilla\'s', 'value': reduction,
+         'met': reduction is not None and reduction >= MIN_REGION_REDUCTION},
+    ]
+
+
+def bench_config(config: str, num_batches: int = 3, steps: int = 5, warmup: int = 2, seed: int = 0,
+                 cfg_options: Optional[dict] = None) -> dict:
+    """All variants of one config: figures per variant, the HOSVD targets, notes."""
+    from mmengine.runner import set_random_seed
+    from mmseg.registry import HOOKS
+
+    import mmseg_actcomp  # noqa: F401  (registers the hook and layers, as custom_imports would)
+    from mmseg_actcomp.memory import build_report, measure_steps
+    from mmseg_actcomp.memory.segmentor import (SegmentorLoss, build_segmentor, compression_hook_cfg,
+                                                load_config, set_train_mode, train_batches)
+
+    cfg = load_config(config, cfg_options)
+    hook_cfg = compression_hook_cfg(cfg)
+    if hook_cfg is None:
+        raise BenchError(f'{config}: no ActivationCompressionHook in custom_hooks; give a *_hosvd-* config')
+    weights = _weights_note(cfg, seed)
+    set_random_seed(seed)
+    batches = train_batches(cfg, num_batches, seed)
+    set_random_seed(seed)
+    base = build_segmentor(cfg)
+    cp_base = _cp_model(cfg, base)
+    optim_args = _optimizer_args(cfg)
+
+    runs, layer_paths, cp_blocks = {}, None, {}
+    for name, (overrides, with_cp, _) in VARIANTS.items():
+        model = copy.deepcopy(cp_base if with_cp else base)
+        entry = dict(hook_cfg, **overrides)
+        if layer_paths is not None:  # the same layers for every variant, as the first one chose them
+            entry.update(layers=layer_paths, num_layers=None)
+        hook = HOOKS.build(entry)
+        layer_paths = list(hook.prepare(model))
+        set_train_mode(model, hook)
+        loss_of_batch = SegmentorLoss(model)
+        torch.manual_seed(seed)
+        with CheckpointProbe(model.backbone) if with_cp else contextlib.nullcontext() as probe:
+            memory = measure_steps(model, batches, loss_of_batch, layer_paths, progress=False)
+        if with_cp:
+            cp_blocks = probe.checkpointed
+        params = [p for p in model.parameters() if p.requires_grad]
+        report = build_report(memory, layer_paths, {'hook': entry})
+        runs[name] = {'model': model, 'loss': loss_of_batch, 'report': report, 'times': [],
+                      'optimizer': torch.optim.SGD(params, **optim_args)}
+    del base, cp_base
+    torch.manual_seed(seed)
+    _time_steps(runs, batches, steps, warmup)
+
+    variants = {name: _variant_figures(name, run['report'], run['times']) for name, run in runs.items()}
+    checkpointed = [b for b, on in cp_blocks.items() if on]
+    return {
+        'config': config, 'model': f"{cfg.model.type}/{cfg.model.backbone.type}/{cfg.model.decode_head.type}",
+        'weights': weights, 'batch_shape': list(runs[BASELINE]['loss'].input_shape),
+        'num_batches': len(batches), 'explained_variance': hook_cfg.get('explained_variance'),
+        'layers': layer_paths, 'optimizer': dict(type='SGD', **optim_args),
+        'with_cp': {'checkpointed': checkpointed,
+                    'not_checkpointed': [b for b, on in cp_blocks.items() if not on],
+                    'note': ('with_cp checkpoints only backbone blocks whose input needs a gradient '
+                             f"({', '.join(checkpointed) or 'none here'}); frozen blocks keep nothing "
+                             'anyway, the decode head is never checkpointed; the recomputation\'s saves '
+                             'during backward are transient and not in the measured figures')},
+        'variants': variants, 'targets': _targets(variants),
+    }
+
+
+# ------------------------------------------------------------------------------------------ output
+def _kib(value: Optional[float]) -> str:
+    return '-' if value is None else f'{value / KIB:.1f}'
+
+
+def _x(value: Optional[float], digits: int = 2) -> str:
+    return '-' if value is None else f'{value:.{digits}f}x'
+
+
+TABLE_HEADER = ('variant', 'step ms', 't/van', 'saved KiB', 's/van', 'region KiB', 'r/van', 'rest KiB',
+                'estimate KiB', 'region/est')
+
+
+def table_rows(result: dict) -> List[List[str]]:
+    """One row per variant: median step time, measured total/region/rest, estimate, ratios to vanilla."""
+    base = result['variants'][BASELINE]
+    rows = []
+    for name, v in result['variants'].items():
+        m, bm = v['measured_bytes'], base['measured_bytes']
+        time_ratio = _ratio(v['step_median_s'], base['step_median_s'])
+        rows.append([name, f"{v['step_median_s'] * 1e3:.0f}", _x(time_ratio),
+                     _kib(m['total']), _x(_ratio(m['total'], bm['total'])), _kib(m['region']),
+                     _x(_ratio(m['region'], bm['region']), 3), _kib(m['rest']), _kib(v['estimate_bytes']),
+                     _x(_ratio(m['region'], v['estimate_bytes']))])
+    return rows
+
+
+PER_OP_HEADER = ('HOSVD lean region, per op', 'keeps', 'KiB', 'share', 'saves')
+
+
+def per_op_rows(result: dict, variant: str = TARGET_VARIANT) -> List[List[str]]:
+    """The region's saves of ``variant`` per backward op, with what it keeps and its share."""
+    per_op = result['variants'][variant]['per_op_region']
+    total = sum(r['bytes'] for r in per_op.values()) or 1
+    return [[op, OP_GLOSS.get(op, '-'), _kib(r['bytes']), f"{100 * r['bytes'] / total:.0f}%",
+             f"{r['saves']:g}"] for op, r in per_op.items()]
+
+
+def target_lines(result: dict) -> List[str]:
+    return [f"{'met' if t['met'] else 'MISSED'}: {t['target']}: measured {_x(t['value'])}"
+            for t in result['targets']]
+
+
+def _model_head(result: dict) -> List[str]:
+    return [f"model {result['model']}  config {result['config']}",
+            f"batch {'x'.join(map(str, result['batch_shape']))} x {result['num_batches']} batches, "
+            f"eps {result['explained_variance']}, {len(result['layers'])} layers",
+            f"weights: {result['weights']['note']}", f"with_cp: {result['with_cp']['note']}",
+            'HOSVD ranks (max over batches): ' + ', '.join(
+                f"{path} {'x'.join(map(str, ranks or ['-']))}"
+                for path, ranks in result['variants'][TARGET_VARIANT]['ranks'].items())]
+
+
+def format_text(results: Sequence[dict], meta: dict) -> str:
+    from mmseg_actcomp.memory.report import align
+    parts = [f"threads {meta['threads']}, steps {meta['steps']} (warm-up {meta['warmup']}), "
+             f"load average {meta['load_start']} -> {meta['load_end']}"]
+    for result in results:
+        parts.append('\n'.join(_model_head(result)))
+        parts.append(align(TABLE_HEADER, table_rows(result)))
+        parts.append('\n'.join(target_lines(result)))
+        parts.append(align(PER_OP_HEADER, per_op_rows(result), left=2))
+    parts.append('summary:\n' + '\n'.join(summary_lines(results)))
+    return '\n\n'.join(parts)
+
+
+def _span(values: Sequence[float], digits: int = 2, unit: str = 'x') -> str:
+    low, high = (f'{v:.{digits}f}' for v in (min(values), max(values)))
+    return f'{low}{unit}' if low == high else f'{low}-{high}{unit}'
+
+
+def _verdict(results: Sequence[dict], index: int) -> str:
+    met = [r['model'] for r in results if r['targets'][index]['met']]
+    values = [r['targets'][index]['value'] for r in results if r['targets'][index]['value'] is not None]
+    return (f"{results[0]['targets'][index]['target']}: met on {len(met)} of {len(results)} models "
+            f"(measured {_span(values) if values else '-'})")
+
+
+def summary_lines(results: Sequence[dict]) -> List[str]:
+    """What the figures say about the targets, computed from them (so a rerun keeps it true)."""
+    mask_op = 'PackedMaskReLUFunctionBackward'
+    masks = [r['variants'][TARGET_VARIANT]['per_op_region'].get(mask_op, {}).get('bytes', 0) for r in results]
+    regions = [r['variants'][TARGET_VARIANT]['measured_bytes']['region'] for r in results]
+    estimates = [r['variants'][TARGET_VARIANT]['estimate_bytes'] for r in results]
+    paper = [_ratio(r['variants']['hosvd-paper']['step_median_s'], r['variants'][BASELINE]['step_median_s'])
+             for r in results]
+    shares = [(p - 1) / (r['targets'][0]['value'] - 1) for p, r in zip(paper, results)
+              if p is not None and r['targets'][0]['value'] and r['targets'][0]['value'] > 1]
+    lines = [_verdict(results, 2) + '.', _verdict(results, 1) + '.']
+    if not all(r['targets'][1]['met'] for r in results) and all(estimates):
+        over = [m / e for m, e in zip(masks, estimates)]
+        line = (f"The packed ReLU masks alone are {_span(over, 1)} the estimate "
+                f"({_span([100 * m / g for m, g in zip(masks, regions)], 0, '%')} of the region): 1 bit per "
+                "element is the floor of an exact ReLU gradient, and the paper's estimate counts only the "
+                'conv factors')
+        random = [x for x, r in zip(over, results) if not r['weights']['pretrained']]
+        pretrained = [x for x, r in zip(over, results) if r['weights']['pretrained']]
+        if random:
+            line += (f"; with random-init weights the ranks are ~1, so the estimate is tiny (masks "
+                     f"{_span(random, 1)} it)")
+        if pretrained:
+            line += f"; with ImageNet weights the masks are still {_span(pretrained, 1)} the estimate"
+        lines.append(line + '.')
+    time_line = _verdict(results, 0) + ("; HOSVD with lean_region=False (conv inputs only) takes "
+                                        f"{_span(paper)} vanilla's step")
+    if shares:
+        time_line += (f": the conv inputs' decompositions make {_span([100 * x for x in shares], 0, '%')}"
+                      " of HOSVD's overhead on this CPU, the lean region (BN x_hat "
+                      'decompositions, mask packing) the rest')
+    lines.append(time_line + '.')
+    for r in results:
+        rests = [r['variants'][v]['measured_bytes']['rest'] for v in (TARGET_VARIANT, BASELINE)]
+        if rests[0] > rests[1]:
+            lines.append(f"{r['model']}: HOSVD's rest is {_kib(rests[0] - rests[1])} KiB above vanilla's: "
+                         "a storage that vanilla's region also kept (so counted there) is counted in the "
+                         "rest once the region keeps it no more, e.g. the frozen auxiliary head's input.")
+    return lines
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    return '\n'.join(lines + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
+
+
+def format_markdown(results: Sequence[dict], meta: dict) -> str:
+    out = ['# Training-step time and kept activation memory: vanilla vs SVD / HOSVD vs checkpointing', '',
+           'Made by:', '', f"    {meta['command']}", '',
+           f"Machine: {meta['machine']}; torch {meta['torch']} on CPU, "
+           f"`torch.set_num_threads({meta['threads']})`; "
+           f"load average (1/5/15 min) at start {meta['load_start']}, at end {meta['load_end']}; "
+           f"run took {meta['wall_s']:.0f} s.", '',
+           'Columns: `step ms` median of forward + backward + SGD step over the timed steps (variants '
+           'interleaved step by step on the same batches); `saved` what autograd keeps between forward '
+           'and backward, parameters excluded (mean over batches), split into the fine-tuned `region` (the '
+           'chosen convs and their parent modules) and the `rest`; `estimate` the paper\'s figure (what '
+           'the chosen convs keep); `t/van`, `s/van`, `r/van` time, saved and region as a fraction of '
+           "vanilla's; `region/est` the region over the estimate.", '']
+    out += ['## Summary', '', '- ' + '\n- '.join(summary_lines(results)), '']
+    for result in results:
+        out += [f"## {result['model']}", '', '- ' + '\n- '.join(_model_head(result)), '',
+                _md_table(TABLE_HEADER, table_rows(result)), '',
+                'Targets (HOSVD, issue):', '', '- ' + '\n- '.join(target_lines(result)), '',
+                _md_table(PER_OP_HEADER, per_op_rows(result)), '']
+    return '\n'.join(out)
+
+
+# ------------------------------------------------------------------------------------------ cli
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--configs', nargs='+', default=DEFAULT_CONFIGS, help='sample configs with the hook')
+    parser.add_argument('--batches', type=int, default=3, help='train batches pre-fetched per model')
+    parser.add_argument('--steps', type=int, default=5, help='timed training steps per variant')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed steps first')
+    parser.add_argument('--threads', type=int, default=1, help='torch.set_num_threads')
+    parser.add_argument('--seed', type=int, default=0, help='weights, data order and augmentation')
+    parser.add_argument('--out-json', help='write all figures here')
+    parser.add_argument('--markdown', help='write the markdown report here')
+    args = parser.parse_args(argv)
+    for name in ('batches', 'steps', 'threads'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name} must be >= 1')
+    if args.warmup < 0:
+        parser.error('--warmup must be >= 0')
+    return args
+
+
+def _load() -> str:
+    return '/'.join(f'{v:.2f}' for v in os.getloadavg())
+
+
+def main(argv=None) -> dict:
+    """Run the benchmark; print the tables; return ``{'meta', 'results'}`` (also written by the options)."""
+    args = parse_args(argv)
+    command = 'python benchmarks/bench_step.py ' + ' '.join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    torch.set_num_threads(args.threads)
+    meta = {'command': command, 'threads': args.threads, 'steps': args.steps, 'warmup': args.warmup,
+            'machine': f'{os.cpu_count()} CPU cores, shared with other jobs, no GPU',
+            'torch': torch.__version__,
+            'load_start': _load()}
+    start = time.perf_counter()
+    results = []
+    with warnings.catch_warnings():
+        # mmseg's backbones call torch.utils.checkpoint without use_reentrant (torch's default, reentrant)
+        warnings.filterwarnings('ignore', message='torch.utils.checkpoint: the use_reentrant')
+        for config in args.configs:
+            print(f'benchmarking {config} ...', flush=True)
+            results.append(bench_config(config, args.batches, args.steps, args.warmup, args.seed))
+    meta.update(load_end=_load(), wall_s=time.perf_counter() - start)
+    print(format_text(results, meta))
+    if args.out_json:
+        with open(args.out_json, 'w') as f:
+            json.dump({'meta': meta, 'results': results}, f, indent=2)
+    if args.markdown:
+        with open(args.markdown, 'w') as f:
+            f.write(format_markdown(results, meta) + '\n')
+    return {'meta': meta, 'results': results}
+
+
+if __name__ == '__main__':
+    from mmseg_actcomp.memory import MeasureError
+    try:
+        main()
+    except (BenchError, MeasureError) as exc:
+        print(f'\nerror: {exc}', file=sys.stderr)
+        sys.exit(1)

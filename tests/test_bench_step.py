@@ -1,0 +1,82 @@
+"""benchmarks/bench_step.py on one R18 sample config, one batch, one timed step: the table, the ratios to
+vanilla, the targets and the written files."""
+import importlib.util
+import json
+import os.path as osp
+
+import pytest
+import torch
+
+from conftest import REPO
+
+CONFIG = osp.join(REPO, 'configs', 'sample', 'deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py')
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location('bench_step', osp.join(REPO, 'benchmarks', 'bench_step.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_step = _load_benchmark()
+
+
+@pytest.fixture(scope='module')
+def run(sample_workspace, tmp_path_factory):
+    """One benchmark run with the sample workspace as cwd (the config reads data/sample_voc from there)."""
+    out = tmp_path_factory.mktemp('bench_step')
+    json_path, md_path = str(out / 'bench.json'), str(out / 'bench.md')
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(sample_workspace)
+        try:
+            result = bench_step.main(['--configs', CONFIG, '--batches', '1', '--steps', '1', '--warmup', '0',
+                                      '--threads', '1', '--out-json', json_path, '--markdown', md_path])
+        finally:
+            torch.set_num_threads(threads)
+    return result, json_path, md_path
+
+
+def test_every_variant_has_a_row_and_vanilla_is_the_unit(run):
+    result = run[0]['results'][0]
+    assert list(result['variants']) == list(bench_step.VARIANTS)
+    rows = bench_step.table_rows(result)
+    assert [row[0] for row in rows] == list(bench_step.VARIANTS)
+    assert all(len(row) == len(bench_step.TABLE_HEADER) for row in rows)
+    vanilla = rows[0]
+    assert vanilla[2] == '1.00x' and vanilla[4] == '1.00x' and vanilla[6] == '1.000x'
+    for variant in result['variants'].values():
+        assert len(variant['step_times_s']) == 1 and variant['step_median_s'] > 0
+        measured = variant['measured_bytes']
+        assert measured['total'] == measured['region'] + measured['rest']
+
+
+def test_compression_keeps_less_and_targets_are_reported(run):
+    result = run[0]['results'][0]
+    variants = result['variants']
+    region = {name: v['measured_bytes']['region'] for name, v in variants.items()}
+    assert region['hosvd'] < region['hosvd-paper'] < region['vanilla']
+    assert variants['vanilla']['estimate_bytes'] == variants['vanilla+cp']['estimate_bytes']
+    assert result['weights']['pretrained'] is False
+    assert result['with_cp']['checkpointed']  # layer4.1's input needs a gradient: it is checkpointed
+    assert [t['target'] for t in result['targets']] == [
+        'step time <= 1.3x vanilla', 'measured region <= 1.25x the estimate',
+        "measured region >= 10x below vanilla's"]
+    for target in result['targets']:
+        assert target['value'] > 0 and isinstance(target['met'], bool)
+    ops = [row[0] for row in bench_step.per_op_rows(result)]
+    assert 'PackedMaskReLUFunctionBackward' in ops and 'CompressedConv2dFunctionBackward' in ops
+
+
+def test_files_hold_the_figures_and_the_command(run):
+    _, json_path, md_path = run
+    with open(json_path) as f:
+        written = json.load(f)
+    assert written['meta']['threads'] == 1
+    assert set(written['results'][0]['variants']) == set(bench_step.VARIANTS)
+    with open(md_path) as f:
+        markdown = f.read()
+    assert 'python benchmarks/bench_step.py --configs' in markdown
+    assert '| vanilla | ' in markdown and '## Summary' in markdown
+    assert markdown.count('met: ') + markdown.count('MISSED: ') == 3
