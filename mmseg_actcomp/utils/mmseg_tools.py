@@ -42,6 +42,11 @@ def _registry_keys(scope, registry_name):
     return sorted(keys)
 
 
+def _missing_import_message(type_name):
+    return (f'{type_name!r} is a type of the mmseg-actcomp plugin, which this config does not import. '
+            f'Add this line to the config:\n    {CUSTOM_IMPORTS_LINE}')
+
+
 def _close(word, candidates):
     matches = difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
     return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ''
@@ -71,8 +76,7 @@ def explain_error(exc):
     if isinstance(exc, KeyError) and m:
         name, scope, registry_name = m.groups()
         if name in PLUGIN_TYPES or name.endswith(('Conv2d', 'CompressionHook')):
-            return (f'{name!r} is a type of the mmseg-actcomp plugin, which this config does not import. '
-                    f'Add this line to the config:\n    {CUSTOM_IMPORTS_LINE}')
+            return _missing_import_message(name)
         return (f'{name!r} is not a registered {registry_name} type.'
                 f'{_close(name, _registry_keys(scope, registry_name))}')
     m = re.search(r'Failed to load `ann_file` (\S+)', text)
@@ -88,6 +92,41 @@ def explain_error(exc):
     return None
 
 
+def _plugin_types_used(node):
+    """The plugin's type names that a config (or any part of it) asks the registries for."""
+    if isinstance(node, dict):
+        found = {node['type']} if node.get('type') in PLUGIN_TYPES else set()
+        for value in node.values():
+            found |= _plugin_types_used(value)
+        return found
+    if isinstance(node, (list, tuple)):
+        return set().union(*map(_plugin_types_used, node)) if node else set()
+    return set()
+
+
+def check_plugin_imported(argv):
+    """The message for a config (first argument of ``argv``, with its ``--cfg-options``) that uses the
+    plugin's types without importing it, else None.
+
+    Running through this module imports the plugin anyway, which would hide the mistake until the same
+    config meets mmseg's own train.py (or a second process): so say it here as mmseg would fail there.
+    """
+    import argparse
+    from mmengine.config import Config, DictAction
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('config')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args, _ = parser.parse_known_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    used = _plugin_types_used(cfg.to_dict())
+    imports = (cfg.get('custom_imports') or {}).get('imports', [])
+    if used and 'mmseg_actcomp' not in imports:
+        return _missing_import_message(sorted(used)[0])
+    return None
+
+
 def run_mmseg_tool(name, argv=None):
     """Run mmseg's packaged tool ``name`` as ``__main__`` with ``argv`` (default: this process's).
 
@@ -95,8 +134,13 @@ def run_mmseg_tool(name, argv=None):
     (set MMSEG_ACTCOMP_TRACEBACK=1 to see it too).
     """
     path = find_mmseg_tool(name)
-    sys.argv = [path] + list(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sys.argv = [path] + argv
     try:
+        message = check_plugin_imported(argv) if argv and not argv[0].startswith('-') else None
+        if message is not None:
+            print(f'\nerror: {message}', file=sys.stderr)
+            sys.exit(1)
         runpy.run_path(path, run_name='__main__')
     except (FileNotFoundError, KeyError, AssertionError, ValueError, TypeError) as exc:
         message = explain_error(exc)
