@@ -7,7 +7,8 @@ MobileNetV2) and deep-copied per variant, so every variant starts from the same 
 
 1. ``vanilla``: ``method='none'``, the same layers fine-tuned, nothing compressed (the baseline);
 2. ``svd``: SVD, ε = the config's explained variance, ``lean_region`` on;
-3. ``hosvd``: HOSVD, ``lean_region`` on;
+3. ``hosvd``: HOSVD, ``lean_region`` on (the default: region BNs on batch statistics keep their input);
+   ``hosvd-frozen-bn``: the same with ``freeze_region_norm_stats=True`` (region BNs keep nothing);
 4. ``hosvd-paper``: HOSVD with ``lean_region=False`` (the paper's accounting: only conv inputs compressed);
 5. ``vanilla+cp``: vanilla with the backbone's ``with_cp=True`` set in the model config (the same
    weights loaded); it checkpoints the backbone's residual / inverted-residual blocks whose input needs a
@@ -58,6 +59,8 @@ VARIANTS = {
     'vanilla': (dict(method='none'), False, 'same layers fine-tuned, nothing compressed (baseline)'),
     'svd': (dict(method='svd', lean_region=True), False, 'SVD, lean region'),
     'hosvd': (dict(method='hosvd', lean_region=True), False, 'HOSVD, lean region'),
+    'hosvd-frozen-bn': (dict(method='hosvd', lean_region=True, freeze_region_norm_stats=True), False,
+                        'HOSVD, lean region, region BNs on running statistics (keep nothing)'),
     'hosvd-paper': (dict(method='hosvd', lean_region=False), False,
                     "HOSVD, lean_region=False (the paper's accounting: only conv inputs compressed)"),
     'vanilla+cp': (dict(method='none'), True, "vanilla with the backbone's with_cp=True"),

@@ -588,14 +588,16 @@ def test_make_lean_leaves_other_norms_and_the_root_alone():
     'fcn_r18-d8_hosvd-0.8-10L_1xb2-20it', 'upernet_r18_hosvd-0.8-10L_1xb2-20it',
     'deeplabv3_mv2-d8_hosvd-0.8-10L_1xb4-40it'])
 def test_lean_region_of_a_segmentor_keeps_only_factors_and_masks(config):
-    """The hook (lean_region=True, its default) on a sample 10-layer config: the region then keeps exactly
-    the conv factors, the compressed x_hat of the trainable-gamma BNs and one packed mask per ReLU call."""
+    """The hook (lean_region=True, its default, with freeze_region_norm_stats) on a sample 10-layer
+    config: the region then keeps exactly the conv factors, the compressed x_hat of the trainable-gamma
+    BNs and one packed mask per ReLU call."""
     from conftest import REPO, build_model_from_config
     from mmseg_actcomp.hooks import ActivationCompressionHook
     from mmseg_actcomp.memory import region_modules
 
     cfg, model = build_model_from_config(f'{REPO}/configs/sample/{config}_vocsample-128x128.py')
-    hook = ActivationCompressionHook(**{k: v for k, v in cfg.custom_hooks[0].items() if k != 'type'})
+    hook = ActivationCompressionHook(**{k: v for k, v in cfg.custom_hooks[0].items() if k != 'type'},
+                                     freeze_region_norm_stats=True)
     assert hook.lean_region
     paths = hook.prepare(model)
     roots = [path for path in region_modules(paths) if path not in paths]
@@ -620,3 +622,22 @@ def test_lean_region_of_a_segmentor_keeps_only_factors_and_masks(config):
     assert set(step.saved['per_op']['region']) == {
         'CompressedConv2dFunctionBackward', 'RunningStatsBatchNormFunctionBackward',
         'PackedMaskReLUFunctionBackward'}
+
+
+def test_region_bns_on_batch_statistics_stay_stock_by_default():
+    """Without freeze_region_norm_stats the region's trainable BNs train on batch statistics, as the
+    config says: they keep their input as stock BN does, while norm_eval BNs keep nothing."""
+    from conftest import REPO, build_model_from_config
+    from mmseg_actcomp.hooks import ActivationCompressionHook
+
+    cfg, model = build_model_from_config(
+        f'{REPO}/configs/sample/deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py')
+    hook = ActivationCompressionHook(**{k: v for k, v in cfg.custom_hooks[0].items() if k != 'type'})
+    paths = hook.prepare(model)
+    model.train()
+    hook.before_train_iter(None, 0)
+    assert model.decode_head.bottleneck.bn.training and not model.backbone.layer4[0].bn1.training
+    x = low_rank_activation((2, 3, 64, 64), components=12, noise=0.5)
+    step = measure_step(model, lambda: model(x, mode='tensor').sum(), paths)
+    region_ops = set(step.saved['per_op']['region'])
+    assert 'NativeBatchNormBackward0' in region_ops and 'ReluBackward0' not in region_ops

@@ -51,13 +51,18 @@ class ActivationCompressionHook(Hook):
             layer of their mmcv ``ConvModule``, if any; BN elsewhere (e.g. a ResNet block's ``bn1``)
             stays as the config says (``norm_eval``). Defaults to True.
         lean_region (bool): make the rest of the fine-tuned region keep no full-size activation
-            either, as the compressed convs do not: ReLUs keep a bit-packed mask, BNs use their running
-            statistics (an exact input gradient with batch statistics needs the full normalised input)
-            and keep nothing, or a compressed normalised input when their affine weights train, dropout
-            regenerates its mask, frozen convs and pooling keep no input. The region is each chosen
-            conv's parent module (its ConvModule, residual block or head). Input gradients stay exact.
-            Only for 'svd'/'hosvd'; False reproduces the paper's accounting (only conv inputs
-            compressed). Defaults to True.
+            either: ReLUs keep a bit-packed mask, BNs on running statistics keep nothing (or a
+            compressed normalised input when their affine weights train), dropout regenerates its
+            mask, frozen convs and pooling keep no input. The region is each chosen conv's parent
+            module (its ConvModule, residual block or head). Input gradients stay exact. A BN that
+            trains on batch statistics needs its full normalised input for an exact input gradient, so
+            it keeps it unless ``freeze_region_norm_stats``. Only for 'svd'/'hosvd'; False reproduces
+            the paper's accounting (only conv inputs compressed). Defaults to True.
+        freeze_region_norm_stats (bool): with ``lean_region``, run the region's BNs on their running
+            statistics in training too (as ``norm_eval`` does for a backbone), so that they keep
+            nothing of their input. This changes the forward: on the sample data it made gradient
+            norms 3-5x larger and the fine-tuning loss rise (docs/finetune_sample.md), so it is off by
+            default and BNs run as the config says. Defaults to False.
         require_load_from (bool): fail at start unless the config loads a checkpoint (``load_from``
             or ``resume``): fine-tuning and calibration configs set it, so that a forgotten
             ``--cfg-options load_from=...`` cannot silently fine-tune a random network. Defaults to False.
@@ -68,7 +73,7 @@ class ActivationCompressionHook(Hook):
     def __init__(self, method: str = 'hosvd', explained_variance: float = 0.8,
                  num_layers: Optional[int] = None, layers: Optional[Sequence[str]] = None,
                  freeze_others: bool = True, lean_region: bool = True,
-                 require_load_from: bool = False) -> None:
+                 freeze_region_norm_stats: bool = False, require_load_from: bool = False) -> None:
         if method not in CONV_TYPES:
             raise ValueError(f'ActivationCompressionHook: method={method!r} is not allowed; '
                              f'use one of {sorted(CONV_TYPES)}')
@@ -95,6 +100,7 @@ class ActivationCompressionHook(Hook):
         self.freeze_others = bool(freeze_others)
         self.require_load_from = bool(require_load_from)
         self.lean_region = bool(lean_region) and method != 'none'
+        self.freeze_region_norm_stats = bool(freeze_region_norm_stats) and self.lean_region
         self.layer_paths: List[str] = []
         self.fine_tuned: Dict[str, nn.Conv2d] = {}
         self._eval_norms: List[nn.Module] = []
@@ -120,14 +126,18 @@ class ActivationCompressionHook(Hook):
                 make_lean(model.get_submodule(root), self.explained_variance, self.method)
         self.fine_tuned = {p: model.get_submodule(p) for p in paths}
         self.layer_paths = list(paths)
-        self._eval_norms = [m for m in model.modules() if isinstance(m, LeanBatchNorm2d)]
+        trainable_ids = set()
         if self.freeze_others:
             trainable = list(self.fine_tuned.values()) + _convmodule_norms(model, paths)
             freeze_all_but(model, trainable)
             trainable_ids = {id(m) for m in trainable}
-            self._eval_norms += [m for m in model.modules() if isinstance(m, _BatchNorm)
-                                 and id(m) not in trainable_ids and not isinstance(m, LeanBatchNorm2d)
-                                 and not any(p.requires_grad for p in m.parameters())]
+
+        def frozen(m):
+            return (self.freeze_others and id(m) not in trainable_ids
+                    and not any(p.requires_grad for p in m.parameters()))
+
+        self._eval_norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and (
+            frozen(m) or (self.freeze_region_norm_stats and isinstance(m, LeanBatchNorm2d)))]
         return self.layer_paths
 
     def summary(self, model: nn.Module) -> str:
@@ -143,7 +153,8 @@ class ActivationCompressionHook(Hook):
         total = sum(p.numel() for p in model.parameters())
         head = (f'ActivationCompressionHook: method={self.method}, '
                 f'explained_variance={self.explained_variance}, {len(self.layer_paths)} layers, '
-                f'lean_region={self.lean_region}; '
+                f'lean_region={self.lean_region}, '
+                f'freeze_region_norm_stats={self.freeze_region_norm_stats}; '
                 f'{trainable}/{total} parameters trainable')
         return '\n'.join([head] + lines)
 
