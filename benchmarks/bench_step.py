@@ -71,6 +71,7 @@ MAX_TIME_RATIO, MAX_REGION_OVER_ESTIMATE, MIN_REGION_REDUCTION = 1.3, 1.25, 10.0
 #: what each backward op of the lean region keeps
 OP_GLOSS = {
     'PackedMaskReLUFunctionBackward': 'ReLU masks, bit-packed (1 bit/element)',
+    'NativeBatchNormBackward0': 'BN on batch statistics: its full input (its exact input gradient needs it)',
     'CompressedConv2dFunctionBackward': 'conv input factors (what the estimate counts)',
     'RunningStatsBatchNormFunctionBackward': 'BN x_hat factors (trainable BN affine)',
     'ShapeOnlyAdaptiveAvgPool2dFunctionBackward': 'adaptive pooling (shape only)',

@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+from statistics import mean
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SAMPLE = osp.join('configs', 'sample')
@@ -84,14 +85,14 @@ def decode_losses(log):
 def table(rows, command, calibrated_miou):
     lines = [f'Command: `{command}`', '',
              f'Calibrated checkpoint: mIoU {calibrated_miou:.2f} on the sample val split before fine-tuning.', '',
-             '| method | mIoU after | decode loss, first -> last logged | measured region MiB '
+             '| method | mIoU after | decode loss, mean of first 3 -> last 3 logged | measured region MiB '
              '| measured total MiB | paper estimate MiB |',
              '| --- | --- | --- | --- | --- | --- |']
     for name, miou, losses, report in rows:
         t = report['totals']
         measured = t['measured']
         estimate = t.get('estimate', {}).get('mean_mib')
-        lines.append(f"| {name} | {miou:.2f} | {losses[0]:.3f} -> {losses[-1]:.3f} | "
+        lines.append(f"| {name} | {miou:.2f} | {mean(losses[:3]):.3f} -> {mean(losses[-3:]):.3f} | "
                      f"{measured['region']['mean_mib']:.3f} | {measured['total']['mean_mib']:.3f} | "
                      f"{'n/a' if estimate is None else f'{estimate:.3f}'} |")
     return '\n'.join(lines)
