@@ -183,8 +183,9 @@ class ActivationCompressionHook(Hook):
         self.set_norms_eval()
 
     def set_norms_eval(self) -> None:
-        """Put frozen BNs and the region's lean BNs back in running-statistics mode: the train loop
-        calls ``model.train()`` at its start and after each validation."""
+        """Put frozen BNs (and, with ``freeze_region_norm_stats``, the region's BNs) back in
+        running-statistics mode: the train loop calls ``model.train()`` at its start and after each
+        validation."""
         for norm in self._eval_norms:
             norm.eval()
 
