@@ -153,6 +153,23 @@ def test_tall_unfoldings_use_exact_ranks(shape):
             assert_rank_meets_threshold(rank, explained_variance_curve(x, mode), eps)
 
 
+@pytest.mark.parametrize('shape, dead', [((2, 40, 3, 3), 10), ((2, 40, 3, 4), 20), ((4, 64, 2, 2), 0)])
+def test_dead_channels_and_tall_unfoldings_give_the_exact_subspace(shape, dead):
+    """All-zero channels (dead after a ReLU) are left out of the Gram, and an unfolding still taller than
+    wide goes through the Gram of its columns: the kept subspace is the reference SVD's, the dead
+    channels get zero rows in the factor."""
+    x = low_rank_activation(shape, seed=4, dtype=torch.float64)
+    x[:, :dead] = 0
+    for eps in (0.6, 0.9):
+        factor = hosvd(x, eps).factors[1]
+        rank = factor.shape[1]
+        assert_rank_meets_threshold(rank, explained_variance_curve(x, 1), eps)
+        torch.testing.assert_close(factor.mT @ factor, torch.eye(rank, dtype=x.dtype))
+        assert not factor[:dead].any()
+        reference = torch.linalg.svd(unfold(x, 1), full_matrices=False).U[:, :rank]
+        torch.testing.assert_close(factor @ factor.mT, reference @ reference.mT)
+
+
 @pytest.mark.parametrize('method', ['svd', 'hosvd'])
 def test_factors_orthonormal_and_core_is_projection(method):
     x = low_rank_activation((5, 8, 7, 6), seed=3)
