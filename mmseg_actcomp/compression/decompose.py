@@ -168,10 +168,10 @@ def _spectrum(x: Tensor, mode: int, name: str) -> _Spectrum:
         full[live] = vectors
         return full
 
+    if live.numel() == 0:  # an all-zero tensor: rank 0
+        return _Spectrum(x.new_zeros(1), 0.0, lambda rank: x.new_zeros(size, rank))
     if live.numel() <= others:
-        gram = mode_gram(x, mode)
-        if live.numel() < size:
-            gram = gram[live][:, live]
+        gram = mode_gram(x if live.numel() == size else x.index_select(mode, live), mode)
         eigenvalues, vectors, rtol = _eigh_descending(gram, x.device)
         return _Spectrum(eigenvalues, rtol, lambda rank: scatter(vectors[:, :rank]))
     matrix = unfold(x, mode)[live]
