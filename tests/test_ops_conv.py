@@ -399,3 +399,20 @@ def test_registered_for_build_conv_layer_in_any_scope():
         backbone = MODELS.build(dict(type='ResNetV1c', depth=18, conv_cfg=dict(
             type='HOSVDConv2d', explained_variance=0.8)))
         assert sum(type(m) is HOSVDConv2d for m in backbone.modules()) > 10
+
+
+def test_compression_stats_report_the_kept_energy():
+    """kept_energy is ||x_hat||^2 / ||x||^2 of the decomposition the weight gradient uses: 1 at eps = 1,
+    below 1 (and at least eps for SVD's single mode) when truncated."""
+    from mmseg_actcomp.compression import reconstruct, svd
+    from mmseg_actcomp.ops.convert import compression_stats
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 5, 5)
+    for eps in (1.0, 0.6):
+        conv = SVDConv2d(4, 3, 3, padding=1, explained_variance=eps)
+        conv(x.clone().requires_grad_())
+        expected = reconstruct(svd(x, eps)).square().sum() / x.square().sum()
+        stats = compression_stats({'conv': conv})
+        assert stats['kept_energy'] == pytest.approx(float(expected), rel=1e-5)
+        assert (stats['kept_energy'] == pytest.approx(1.0, rel=1e-5)) == (eps == 1.0)
+        assert stats['kept_energy'] >= eps - 1e-6

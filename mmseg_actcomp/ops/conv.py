@@ -73,6 +73,7 @@ class CompressedConv2d(nn.Conv2d):
         self.last_input_shape: Optional[Tuple[int, ...]] = None
         self.last_kept_bytes: Optional[int] = None
         self.last_vanilla_bytes: Optional[int] = None
+        self.last_kept_energy: Optional[Tensor] = None
 
     @property
     def explained_variance(self) -> float:
@@ -117,6 +118,11 @@ class CompressedConv2d(nn.Conv2d):
         self.last_input_shape = tuple(x.shape)
         self.last_kept_bytes = tucker.nbytes
         self.last_vanilla_bytes = x.numel() * x.element_size()
+        # ||core||^2 / ||x||^2 (orthonormal factors): the fraction of the input's energy the weight
+        # gradient sees. A 0-dim tensor, read only when logged, so that no step waits for a device sync.
+        with torch.no_grad():
+            energy = x.detach().float().square().sum()
+            self.last_kept_energy = tucker.core.detach().float().square().sum() / energy.clamp(min=1e-30)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``(B, C, H, W)`` or unbatched ``(C, H, W)``; returns ``(B, O, H', W')`` (resp. unbatched)."""

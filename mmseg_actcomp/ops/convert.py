@@ -94,8 +94,9 @@ def freeze_all_but(model: nn.Module, trainable: Iterable[nn.Module]) -> List[str
 
 
 def compression_stats(layers: Dict[str, nn.Module]) -> Optional[Dict[str, float]]:
-    """Mean rank per mode and total kept / vanilla bytes of the last compression of ``layers``, or None
-    if none of them is a compressed layer that has compressed yet."""
+    """Mean rank per mode, total kept / vanilla bytes and the mean fraction of input energy kept
+    (``kept_energy``: ``||core||^2 / ||x||^2``, what the weight gradient sees) of the last compression of
+    ``layers``, or None if none of them is a compressed layer that has compressed yet."""
     recorded = [m for m in layers.values() if isinstance(m, CompressedConv2d) and m.last_ranks is not None]
     if not recorded:
         return None
@@ -106,4 +107,7 @@ def compression_stats(layers: Dict[str, nn.Module]) -> Optional[Dict[str, float]
     stats['kept_MiB'] = sum(m.last_kept_bytes for m in recorded) / 2**20
     stats['vanilla_MiB'] = sum(m.last_vanilla_bytes for m in recorded) / 2**20
     stats['kept_ratio'] = stats['kept_MiB'] / stats['vanilla_MiB'] if stats['vanilla_MiB'] else 0.0
+    energies = [float(m.last_kept_energy) for m in recorded if m.last_kept_energy is not None]
+    if energies:
+        stats['kept_energy'] = sum(energies) / len(energies)
     return stats
