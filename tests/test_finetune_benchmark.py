@@ -1,0 +1,80 @@
+"""benchmarks/finetune.py: the figures it derives from mmengine's logs (val curve, step time, gain over
+seeds, % of vanilla), the files it writes, and its argument checks. The learning runs themselves take an
+hour: `python benchmarks/finetune.py` (docs/finetune.md)."""
+import importlib.util
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location('finetune', osp.join(REPO, 'benchmarks', 'finetune.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+finetune = _load_benchmark()
+RECORDS = [  # as mmengine's scalars.json holds them: train logs every few iterations, val logs with mIoU
+    {'lr': 0.01, 'time': 9.0, 'iter': 4, 'step': 4},
+    {'lr': 0.01, 'time': 2.0, 'iter': 8, 'step': 8, 'actcomp_kept_energy': 0.5},
+    {'aAcc': 90.0, 'mIoU': 30.0, 'mAcc': 40.0, 'step': 8},
+    {'lr': 0.01, 'time': 4.0, 'iter': 12, 'step': 12, 'actcomp_kept_energy': 0.7},
+    {'aAcc': 91.0, 'mIoU': 35.5, 'mAcc': 41.0, 'step': 12},
+]
+
+
+def test_val_curve_and_step_time_from_logs():
+    assert finetune.val_curve(RECORDS) == [(8, 30.0), (12, 35.5)]
+    assert finetune.step_time(RECORDS) == pytest.approx(3.0)  # the first window (9.0 s) is warm-up
+    with pytest.raises(ValueError, match='no iteration time'):
+        finetune.step_time(RECORDS[:1])
+
+
+def _runs():
+    return {'none': {0: {'curve': [(50, 30.0), (100, 40.0)]}, 1: {'curve': [(50, 31.0), (100, 44.0)]}},
+            'hosvd-0.8': {0: {'curve': [(50, 29.0), (100, 35.0)], 'kept_energy': 0.5},
+                          1: {'curve': [(50, 28.0), (100, 37.0)], 'kept_energy': 0.7}}}
+
+
+def test_summarise_gains_over_seeds_and_ratios_to_vanilla():
+    methods = finetune.summarise(_runs(), start_miou=25.0, step_s={'none': 1.0, 'hosvd-0.8': 2.5})
+    vanilla, hosvd = methods['none'], methods['hosvd-0.8']
+    assert vanilla['gain_mean'] == pytest.approx(17.0) and vanilla['gain_std'] == pytest.approx(2.0)
+    assert hosvd['gain_mean'] == pytest.approx(11.0) and hosvd['gain_std'] == pytest.approx(1.0)
+    assert hosvd['gain_pct_of_vanilla'] == pytest.approx(100 * 11 / 17)
+    assert hosvd['step_ratio'] == pytest.approx(2.5) and vanilla['step_ratio'] == 1.0
+    assert hosvd['kept_energy'] == pytest.approx(0.6) and vanilla['kept_energy'] is None
+    assert [s['gain'] for s in hosvd['seeds']] == [10.0, 12.0]
+
+
+def test_written_report(tmp_path):
+    methods = finetune.summarise(_runs(), start_miou=25.0, step_s={'none': 1.0, 'hosvd-0.8': 2.5})
+    methods['none'].update(region_mib=100.0, ranks={})
+    methods['hosvd-0.8'].update(region_mib=20.0, ranks={'decode_head.conv_seg': [3, 14, 2, 1]})
+    result = dict(json='docs/x.json', curves=str(tmp_path / 'c.png'), pareto=str(tmp_path / 'p.png'),
+                  wall_s=600, methods=methods,
+                  protocol=dict(seeds=[0, 1], iters=100, val_interval=50, jobs=2, batch_size=8, crop='128x128',
+                                lr=0.03, val_images=300, start_miou=25.0, source_miou=60.0, val_loo_miou=40.0,
+                                val_loo_max_delta=0.4))
+    text = finetune.markdown(result, 'python benchmarks/finetune.py')
+    assert '| hosvd-0.8 | 25.00 | 36.00 | +11.00 ± 1.00 | 65 % | 20.00 | 5.0x less | 2.50x | 60.0 % |' in text
+    assert '| decode_head.conv_seg | 3x14x2x1 |' in text
+    assert 'Written by `python benchmarks/finetune.py`' in text
+    finetune.plot_curves(methods, result['curves'])
+    assert osp.getsize(result['curves']) > 1000
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--iters', '100', '--val-interval', '30'], 'must be a positive multiple'),
+    (['--methods', 'hosvd-0.8'], 'must include none'),
+    (['--jobs', '0'], '--jobs must be >= 1'),
+])
+def test_bad_arguments_are_named(args, message):
+    done = subprocess.run([sys.executable, osp.join(REPO, 'benchmarks', 'finetune.py')] + args,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and message in done.stderr
