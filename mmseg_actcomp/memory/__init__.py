@@ -3,12 +3,12 @@ whole model, split into the fine-tuned region and the rest (see :mod:`.region` f
 from .layers import LayerProbe, LayerStep
 from .measure import StepMemory, measure_step, measure_steps
 from .region import REGION_RULE, in_region, region_modules, summarize_saved
-from .report import build_report, format_report, write_report
+from .report import build_report, format_report, format_summary, write_report
 from .saved import SavedTensor, SavedTensorRecorder, storage_of
 from .segmentor import MeasureError, measure_config
 
 __all__ = [
     'LayerProbe', 'LayerStep', 'StepMemory', 'measure_step', 'measure_steps', 'REGION_RULE', 'in_region',
-    'region_modules', 'summarize_saved', 'build_report', 'format_report', 'write_report', 'SavedTensor',
+    'region_modules', 'summarize_saved', 'build_report', 'format_report', 'format_summary', 'write_report', 'SavedTensor',
     'SavedTensorRecorder', 'storage_of', 'MeasureError', 'measure_config'
 ]

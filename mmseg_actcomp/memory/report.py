@@ -164,6 +164,13 @@ def _op_table(report: dict, side: str) -> str:
     return align((f'saved in the {side}, per op', 'MiB', 'only this op MiB', 'saves'), rows)
 
 
+def format_summary(report: dict) -> str:
+    """The per-layer table (if any layer is fine-tuned) and the whole-model table of a report: what a
+    short summary (the demo's) shows."""
+    parts = [_layer_table(report)] if report['layers'] else []
+    return '\n\n'.join(parts + [_totals_table(report)])
+
+
 def format_report(report: dict) -> str:
     """The aligned text tables of a :func:`build_report` report: layers, whole model, per op."""
     head = (f"config {report.get('config')}  method {report.get('method') or '- (no hook)'}  "
@@ -172,9 +179,7 @@ def format_report(report: dict) -> str:
             f"batch {_shape_text(report.get('batch_shape'))}")
     parts = [head]
     parts += [f"note: {note}" for note in report.get('notes', [])]
-    if report['layers']:
-        parts.append(_layer_table(report))
-    parts += [_totals_table(report), f"region rule: {report['region_rule']}"]
+    parts += [format_summary(report), f"region rule: {report['region_rule']}"]
     parts += [_op_table(report, side) for side in ('region', 'rest') if report['per_op'][side]]
     return '\n\n'.join(parts)
 
