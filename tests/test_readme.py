@@ -1,0 +1,50 @@
+"""README.md: its figures are the generated pages' (tools/readme_figures.py), it is a page and not a log."""
+import importlib.util
+import os.path as osp
+
+import pytest
+
+from conftest import REPO
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location('readme_figures', osp.join(REPO, 'tools', 'readme_figures.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+readme_figures = _load_tool()
+
+
+def test_figures_section_takes_what_follows_the_written_by_line():
+    page = ('# Title\n\nWritten by `python x.py`.\n\n| a | b |\n| 1 | 2 |\n\n![curve](x_curves.png)\n\n'
+            '## Details\n\nnot copied\n')
+    section = readme_figures.figures_section(page, 'docs')
+    assert section == '| a | b |\n| 1 | 2 |\n\n![curve](docs/x_curves.png)\n'
+    with pytest.raises(ValueError, match='Written by'):
+        readme_figures.figures_section('| a |\n', 'docs')
+
+
+def test_render_replaces_only_the_marked_blocks(tmp_path):
+    (tmp_path / 'docs').mkdir()
+    (tmp_path / 'docs' / 'page.md').write_text('# P\n\nWritten by `cmd`.\n\n| new | 1 |\n')
+    readme = 'intro\n<!-- figures: docs/page.md -->\n| old | 0 |\n<!-- end figures -->\noutro\n'
+    assert readme_figures.render(readme, str(tmp_path)) == (
+        'intro\n<!-- figures: docs/page.md -->\n| new | 1 |\n<!-- end figures -->\noutro\n')
+    with pytest.raises(FileNotFoundError, match='docs/missing.md'):
+        readme_figures.render('<!-- figures: docs/missing.md -->\n<!-- end figures -->', str(tmp_path))
+
+
+def test_readme_figures_are_the_generated_pages():
+    with open(osp.join(REPO, 'README.md')) as f:
+        readme = f.read()
+    assert readme.count('<!-- figures: ') == 2
+    assert readme_figures.render(readme) == readme, 'run python tools/readme_figures.py'
+
+
+def test_readme_is_a_page():
+    with open(osp.join(REPO, 'README.md')) as f:
+        lines = f.read().splitlines()
+    assert len(lines) < 400
+    assert not any('mmengine - INFO' in line for line in lines)
