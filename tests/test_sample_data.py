@@ -120,3 +120,45 @@ def test_voc_aug_config_reads_it_with_only_data_root_changed(voc_root):
     item = train[0]
     assert tuple(item['inputs'].shape) == (3, 512, 512)
     assert item['data_samples'].gt_sem_seg.data.max() <= 255
+
+
+@pytest.fixture(scope='module')
+def task_roots(tmp_path_factory):
+    out = tmp_path_factory.mktemp('finetune_voc')
+    return {task: make_sample_voc.write_task_dataset(str(out / task), task, seed=0, num_train=24, num_val=8)
+            for task in ('source', 'target')}
+
+
+def test_finetune_tasks_have_disjoint_classes_and_large_objects(task_roots):
+    """The source task's classes are never the target's (the calibrated head meets new classes), the
+    target keeps the VOC photo's labels, every scene holds an object, and objects are large (half the
+    scenes at least 5 % object pixels; the whole data sets: median 19 % source, 10 % target)."""
+    seen = {}
+    for task, root in task_roots.items():
+        train, val = (open(osp.join(root, 'ImageSets', 'Segmentation', f'{s}.txt')).read().split()
+                      for s in ('train', 'val'))
+        assert len(train) == 24 and len(val) == 8 and not set(train) & set(val)
+        classes, fractions = set(), []
+        for name in train + val:
+            label = np.asarray(Image.open(osp.join(root, 'SegmentationClass', name + '.png')))
+            assert label.shape == (120, 160)
+            fractions.append(((label > 0) & (label < 255)).mean())
+            classes |= set(np.unique(label).tolist()) - {0, 255}
+        assert min(fractions) > 0 and np.median(fractions) > 0.05, (task, fractions)
+        seen[task] = classes
+    assert seen['source'] <= set(make_sample_voc.ARC_TO_VOC)
+    assert seen['target'] <= set(make_sample_voc.TARGET_CLASSES) and seen['target']
+    assert not seen['source'] & seen['target']
+
+
+def test_finetune_tasks_are_deterministic(task_roots, tmp_path):
+    again = make_sample_voc.write_task_dataset(str(tmp_path / 'target'), 'target', seed=0, num_train=24, num_val=8)
+    other = make_sample_voc.write_task_dataset(str(tmp_path / 'seed1'), 'target', seed=1, num_train=24, num_val=8)
+    assert _tree_digest(again) == _tree_digest(task_roots['target'])
+    assert _tree_digest(other) != _tree_digest(task_roots['target'])
+
+
+def test_cli_finetune_rejects_aug_images():
+    out = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'make_sample_voc.py'), '--data', 'finetune',
+                          '--num-aug', '3'], capture_output=True, text=True)
+    assert out.returncode == 2 and '--num-aug is not used by --data finetune' in out.stderr
