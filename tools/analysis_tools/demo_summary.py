@@ -54,7 +54,7 @@ def main(argv=None):
         picture = f'{args.docs}_predictions.png'
         shutil.copyfile(osp.join(args.work_dir, 'predictions.png'), picture)
         with open(f'{args.docs}.md', 'w') as f:
-            f.write('# The demo\'s summary\n\nWritten by `make demo DEMO_DOCS=docs/demo`; do not edit.\n\n'
+            f.write(f'# The demo\'s summary\n\nWritten by `make demo DEMO_DOCS={args.docs}`; do not edit.\n\n'
                     + text.replace('](predictions.png)', f']({osp.basename(picture)})') + '\n')
 
 
