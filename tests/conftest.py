@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -17,6 +18,15 @@ def sample_workspace(tmp_path_factory):
     subprocess.run([sys.executable, osp.join(REPO, 'tools', 'make_sample_voc.py'),
                     '--out', str(root / 'data' / 'sample_voc'), '--seed', '0'], check=True)
     return root
+
+
+def load_script(relative_path):
+    """Import a repo script that is not in a package (``benchmarks/x.py``, ``tools/x.py``) as a module."""
+    name = osp.splitext(osp.basename(relative_path))[0]
+    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_tool(args, cwd, timeout=600):

@@ -1,25 +1,17 @@
 """benchmarks/bench_step.py on one R18 sample config, one batch, one timed step: the table, the ratios to
 vanilla, the targets and the written files."""
-import importlib.util
 import json
 import os.path as osp
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 CONFIG = osp.join(REPO, 'configs', 'sample', 'deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py')
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location('bench_step', osp.join(REPO, 'benchmarks', 'bench_step.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_step = _load_benchmark()
+bench_step = load_script('benchmarks/bench_step.py')
 
 
 @pytest.fixture(scope='module')

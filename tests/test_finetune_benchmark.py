@@ -1,24 +1,16 @@
 """benchmarks/finetune.py: the figures it derives from mmengine's logs (val curve, step time, gain over
 seeds, % of vanilla), the files it writes, and its argument checks. The learning runs themselves take an
 hour: `python benchmarks/finetune.py` (docs/finetune.md)."""
-import importlib.util
 import os.path as osp
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location('finetune', osp.join(REPO, 'benchmarks', 'finetune.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-finetune = _load_benchmark()
+finetune = load_script('benchmarks/finetune.py')
 RECORDS = [  # as mmengine's scalars.json holds them: train logs every few iterations, val logs with mIoU
     {'lr': 0.01, 'time': 9.0, 'iter': 4, 'step': 4},
     {'lr': 0.01, 'time': 2.0, 'iter': 8, 'step': 8, 'actcomp_kept_energy': 0.5},

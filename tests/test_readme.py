@@ -1,20 +1,12 @@
 """README.md: its figures are the generated pages' (tools/readme_figures.py), it is a page and not a log."""
-import importlib.util
 import os.path as osp
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('readme_figures', osp.join(REPO, 'tools', 'readme_figures.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-readme_figures = _load_tool()
+readme_figures = load_script('tools/readme_figures.py')
 
 
 def test_figures_section_takes_what_follows_the_written_by_line():
