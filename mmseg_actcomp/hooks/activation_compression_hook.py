@@ -60,9 +60,9 @@ class ActivationCompressionHook(Hook):
             the paper's accounting (only conv inputs compressed). Defaults to True.
         freeze_region_norm_stats (bool): with ``lean_region``, run the region's BNs on their running
             statistics in training too (as ``norm_eval`` does for a backbone), so that they keep
-            nothing of their input. This changes the forward: on the sample data it made gradient
-            norms 3-5x larger and the fine-tuning loss rise (docs/finetune_sample.md), so it is off by
-            default and BNs run as the config says. Defaults to False.
+            nothing of their input. This changes the forward (its effect on learning: the
+            ``hosvd-0.8-frozen-bn`` row of docs/finetune.md), so it is off by default and BNs run as
+            the config says. Defaults to False.
         require_load_from (bool): fail at start unless the config loads a checkpoint (``load_from``
             or ``resume``): fine-tuning and calibration configs set it, so that a forgotten
             ``--cfg-options load_from=...`` cannot silently fine-tune a random network. Defaults to False.
