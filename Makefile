@@ -23,7 +23,7 @@ weights: install
 	test -f $(WEIGHTS) || $(PY) tools/model_converters/mobilenetv2_torchvision2mmseg.py $(WEIGHTS)
 
 # DEMO_DOCS=docs/demo also writes the summary and picture the README shows
-demo: sample-data finetune-data weights
+demo: finetune-data weights
 	PY=$(PY) DOCS=$(DEMO_DOCS) bash tools/demo.sh
 
 test: install
