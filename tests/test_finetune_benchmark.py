@@ -70,3 +70,26 @@ def test_bad_arguments_are_named(args, message):
     done = subprocess.run([sys.executable, osp.join(REPO, 'benchmarks', 'finetune.py')] + args,
                           capture_output=True, text=True)
     assert done.returncode == 2 and message in done.stderr
+
+
+grad_fidelity = load_script('benchmarks/grad_fidelity.py')
+
+
+def test_grad_fidelity_pieces_are_exact_at_eps_one():
+    """The centred and plain reconstructions are x itself at eps = 1, and the weight gradient the page
+    compares is autograd's."""
+    import torch
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 6, 5, dtype=torch.float64).relu()
+    for method in ('hosvd', 'svd'):
+        for variant, (x_hat, ranks, nbytes) in grad_fidelity.approximations(x, 1.0, method).items():
+            torch.testing.assert_close(x_hat, x)
+            assert nbytes > 0 and all(r >= 1 for r in ranks), (method, variant)
+    conv = torch.nn.Conv2d(4, 2, 3, padding=2, dilation=2, bias=False).double()
+    xg = x.clone().requires_grad_()
+    out = conv(xg)
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    torch.testing.assert_close(grad_fidelity.weight_gradient(conv, x, dy), conv.weight.grad)
+    plain, _, _ = grad_fidelity.approximations(x, 0.5, 'hosvd')['plain']
+    assert plain.square().sum() < x.square().sum()

@@ -1,0 +1,158 @@
+"""How close is the weight gradient a compressed conv computes to the exact one? Per fine-tuned layer and
+ε, on real batches through a trained network: the cosine similarity and the norm ratio of the weight
+gradient from the decomposed input against the exact weight gradient, the ranks, and the fraction of
+the input's energy kept; each also with the input centred first (its per-channel mean kept exactly, the
+decomposition spent on the rest), a candidate for the learning gap benchmarks/finetune.py measures.
+
+    python benchmarks/grad_fidelity.py [--checkpoint work_dirs/finetune/calibrate/iter_100.pth]
+        [--batches 3] [--eps 0.7 0.8 0.9] [--out docs/grad_fidelity.md]
+
+The network runs vanilla (``method='none'`` on the same 10 layers, so nothing in the forward changes);
+each layer's input ``x: (B, C, H, W)`` and output gradient are captured, and ``grad_W`` is recomputed
+from ``x`` and from its reconstruction ``x_hat`` with ``torch.nn.grad.conv2d_weight``. HOSVD truncates all
+four modes, SVD the batch mode (:mod:`mmseg_actcomp.compression`).
+"""
+import argparse
+import os.path as osp
+import sys
+import time
+from statistics import mean
+
+import torch
+from torch.nn.grad import conv2d_weight
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG = 'configs/finetune/deeplabv3_mv2-d8_none-10L_1xb8-100it_vocfinetune-128x128.py'
+CHECKPOINT = 'work_dirs/finetune/calibrate/iter_100.pth'
+
+
+class InputAndGradient:
+    """Captures each watched conv's input ``x`` and output gradient ``dy`` of one forward+backward."""
+
+    def __init__(self, convs):
+        self.convs, self.seen, self.handles = convs, {}, []
+
+    def __enter__(self):
+        for path, conv in self.convs.items():
+            self.handles.append(conv.register_forward_hook(self._forward(path)))
+        return self
+
+    def _forward(self, path):
+        def hook(module, args, output):
+            x = args[0].detach()
+            self.seen[path] = {'x': x}
+            output.register_hook(lambda dy: self.seen[path].__setitem__('dy', dy.detach()))
+        return hook
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+def weight_gradient(conv, x, dy):
+    """``dL/dW`` of ``conv`` for input ``x: (B, C, H, W)`` and output gradient ``dy: (B, O, H', W')``."""
+    return conv2d_weight(x, conv.weight.shape, dy, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def approximations(x, eps, method):
+    """``{name: (x_hat, ranks, kept bytes)}``: the decomposition of ``x: (B, C, H, W)``, and that of ``x``
+    centred per channel (the mean ``(C,)`` kept too)."""
+    from mmseg_actcomp.compression import METHODS, compress, reconstruct
+    plain = compress(x, eps, METHODS[method])
+    mu = x.mean(dim=(0, 2, 3), keepdim=True)
+    centred = compress(x - mu, eps, METHODS[method])
+    return {'plain': (reconstruct(plain), plain.ranks, plain.nbytes),
+            'centred': (mu + reconstruct(centred), centred.ranks, centred.nbytes + mu.numel() * mu.element_size())}
+
+
+def measure(checkpoint, batches=3, eps_values=(0.7, 0.8, 0.9), methods=('hosvd', 'svd')):
+    """Rows ``{layer, method, eps, variant, cos, norm_ratio, energy, ranks, kib}``, each the mean over
+    batches (ranks: the largest)."""
+    from mmseg_actcomp.memory.segmentor import (SegmentorLoss, apply_compression_hook, build_segmentor,
+                                                load_config, set_train_mode, train_batches)
+    cfg = load_config(osp.join(REPO, CONFIG))
+    data = train_batches(cfg, batches)
+    model = build_segmentor(cfg, checkpoint)
+    hook, paths = apply_compression_hook(cfg, model)
+    set_train_mode(model, hook)
+    loss_of = SegmentorLoss(model)
+    convs = {p: model.get_submodule(p) for p in paths}
+    figures = {}
+    for batch in data:
+        with InputAndGradient(convs) as probe:
+            loss_of(batch).backward()
+        for path, conv in convs.items():
+            x, dy = probe.seen[path]['x'], probe.seen[path]['dy']
+            exact = weight_gradient(conv, x, dy).flatten()
+            for method in methods:
+                for eps in eps_values:
+                    for variant, (x_hat, ranks, nbytes) in approximations(x, eps, method).items():
+                        approx = weight_gradient(conv, x_hat, dy).flatten()
+                        cell = figures.setdefault((path, method, eps, variant), [])
+                        cell.append((float(torch.nn.functional.cosine_similarity(approx, exact, dim=0)),
+                                     float(approx.norm() / exact.norm()),
+                                     float(x_hat.square().sum() / x.square().sum()), ranks, nbytes))
+        model.zero_grad(set_to_none=True)
+    return [dict(layer=path, method=method, eps=eps, variant=variant, cos=mean(c[0] for c in cells),
+                 norm_ratio=mean(c[1] for c in cells), energy=mean(c[2] for c in cells),
+                 ranks=[max(c[3][i] for c in cells) for i in range(len(cells[0][3]))],
+                 kib=mean(c[4] for c in cells) / 1024)
+            for (path, method, eps, variant), cells in figures.items()]
+
+
+def markdown(rows, command, seconds):
+    lines = ['# Weight-gradient fidelity of compressed convs, per layer', '',
+             f'Written by `{command}` ({seconds:.0f} s on this machine). Do not edit: rerun the command.', '',
+             'KiB: what the layer keeps of its input (core and factors; centred: also the mean). '
+             'cos: cosine similarity of the weight gradient from the decomposed input with the exact one; '
+             'norm: its norm over the exact one\'s; energy: ||x_hat||^2 / ||x||^2; ranks: the largest '
+             'over the batches (B, C, H, W for HOSVD; B for SVD). *centred*: the per-channel mean over '
+             '(B, H, W) kept exactly, the rest decomposed at the same ε.', '']
+    for method in dict.fromkeys(r['method'] for r in rows):
+        lines += [f'## {method.upper()}', '', '| layer | ε | ranks | KiB | energy | cos | norm | centred ranks '
+                  '| centred KiB | centred energy | centred cos | centred norm |', '| --- |' + ' --- |' * 11]
+        by_key = {(r['layer'], r['eps'], r['variant']): r for r in rows if r['method'] == method}
+        for (layer, eps, variant), r in by_key.items():
+            if variant != 'plain':
+                continue
+            c = by_key[(layer, eps, 'centred')]
+            lines.append(f'| {layer} | {eps:g} | {"x".join(map(str, r["ranks"]))} | {r["kib"]:.1f} | '
+                         f'{r["energy"]:.3f} | {r["cos"]:.3f} | {r["norm_ratio"]:.3f} | '
+                         f'{"x".join(map(str, c["ranks"]))} | {c["kib"]:.1f} | {c["energy"]:.3f} | '
+                         f'{c["cos"]:.3f} | {c["norm_ratio"]:.3f} |')
+        lines.append('')
+        for eps in dict.fromkeys(r['eps'] for r in rows):
+            for variant in ('plain', 'centred'):
+                cells = [r for r in rows if r['method'] == method and r['eps'] == eps and r['variant'] == variant]
+                lines.append(f'- {method} ε {eps:g}, {variant}: mean cos {mean(r["cos"] for r in cells):.3f}, '
+                             f'mean norm ratio {mean(r["norm_ratio"] for r in cells):.3f}, '
+                             f'{sum(r["kib"] for r in cells):.1f} KiB kept by the {len(cells)} layers')
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--checkpoint', default=CHECKPOINT, help='trained weights (default: the learning '
+                   "benchmark's calibrated start)")
+    p.add_argument('--batches', type=int, default=3)
+    p.add_argument('--eps', type=float, nargs='+', default=[0.7, 0.8, 0.9])
+    p.add_argument('--out', help='write the markdown page here (e.g. docs/grad_fidelity.md)')
+    args = p.parse_args(argv)
+    if args.batches < 1:
+        p.error(f'--batches must be >= 1, got {args.batches}')
+    if not osp.isfile(osp.join(REPO, args.checkpoint)):
+        sys.exit(f'no checkpoint at {args.checkpoint}: run python benchmarks/finetune.py first (it writes '
+                 'the calibrated start), or give --checkpoint')
+    start = time.time()
+    rows = measure(osp.join(REPO, args.checkpoint), args.batches, tuple(args.eps))
+    command = 'python benchmarks/grad_fidelity.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+    text = markdown(rows, command.strip(), time.time() - start)
+    print(text)
+    if args.out:
+        with open(osp.join(REPO, args.out), 'w') as f:
+            f.write(text + '\n')
+
+
+if __name__ == '__main__':
+    main()
