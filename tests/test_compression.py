@@ -310,3 +310,21 @@ def test_tucker_roundtrip_through_tensors():
     again = Tucker.from_tensors(tucker.tensors, tucker.modes)
     assert again.modes == (0,) and again.core is tucker.core and again.factors[0] is tucker.factors[0]
     assert again.factors[1:] == (None, None, None)
+
+
+@pytest.mark.parametrize('method', ['svd', 'hosvd'])
+def test_centred_compression_is_the_mean_plus_the_decomposed_rest(method):
+    """center=True: the per-channel mean is kept exactly, the ranks are those of the centred tensor,
+    and the one Tucker reconstructs mean + the rest's reconstruction (exact at eps = 1)."""
+    x = low_rank_activation((4, 6, 5, 7), seed=5, dtype=torch.float64).relu() + 0.5
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    torch.testing.assert_close(reconstruct(compress(x, 1.0, METHODS[method], center=True)), x)
+    for eps in (0.5, 0.8):
+        centred = compress(x, eps, METHODS[method], center=True)
+        rest = compress(x - mean, eps, METHODS[method])
+        assert centred.ranks == tuple(r + 1 for r in rest.ranks)
+        torch.testing.assert_close(reconstruct(centred), mean + reconstruct(rest))
+        # the raw tensor's ranks collapse (its mean dominates); the centred one keeps more
+        assert sum(compress(x, eps, METHODS[method]).ranks) < sum(centred.ranks)
+    with pytest.raises(ValueError, match='center=True needs a \\(B, C, H, W\\) tensor'):
+        compress(x[0], 0.8, (0, 1, 2), center=True)

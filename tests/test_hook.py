@@ -105,6 +105,15 @@ def test_swap_shares_parameters_and_state_dict_keys(deeplab):
     assert all(p.requires_grad for p in model.parameters())  # freeze_others=False
 
 
+def test_center_reaches_the_compressed_convs(deeplab):
+    import copy
+    model = copy.deepcopy(deeplab)
+    hook = ActivationCompressionHook(method='svd', num_layers=2, center=True)
+    hook.prepare(model)
+    assert model.decode_head.conv_seg.center is True and 'center=True' in hook.summary(model)
+    assert ActivationCompressionHook(method='none', num_layers=2, center=True).center is False
+
+
 def test_method_none_keeps_plain_convs(deeplab):
     import copy
     model = copy.deepcopy(deeplab)
@@ -124,6 +133,7 @@ def test_method_none_keeps_plain_convs(deeplab):
     (dict(num_layers=2, layers=['decode_head.conv_seg']), 'give exactly one of'),
     (dict(layers='decode_head.conv_seg'), 'must be a non-empty list of module paths'),
     (dict(layers=['a', 'a']), 'names a layer twice'),
+    (dict(num_layers=2, center='yes'), "center='yes' must be True or False"),
 ])
 def test_bad_values_name_key_value_and_allowed(kwargs, message):
     with pytest.raises(ValueError) as e:

@@ -416,3 +416,22 @@ def test_compression_stats_report_the_kept_energy():
         assert stats['kept_energy'] == pytest.approx(float(expected), rel=1e-5)
         assert (stats['kept_energy'] == pytest.approx(1.0, rel=1e-5)) == (eps == 1.0)
         assert stats['kept_energy'] >= eps - 1e-6
+
+
+@pytest.mark.parametrize('layer_type', [SVDConv2d, HOSVDConv2d])
+def test_centred_conv_exact_at_eps_one_and_reports_its_kept_energy(layer_type):
+    from mmseg_actcomp.compression import METHODS, compress
+    from mmseg_actcomp.ops.convert import compression_stats
+    torch.manual_seed(1)
+    x = torch.randn(5, 4, 6, 6, dtype=torch.float64).relu() + 0.3
+    reference = nn.Conv2d(4, 3, 3, padding=1).double()
+    conv = layer_type.from_conv(copy.deepcopy(reference), explained_variance=1.0, center=True)
+    assert 'center=True' in repr(conv)
+    for layer in (reference, conv):
+        layer(x.clone().requires_grad_()).square().sum().backward()
+    torch.testing.assert_close(conv.weight.grad, reference.weight.grad)
+    conv.explained_variance = 0.6
+    conv(x.clone().requires_grad_())
+    x_hat = reconstruct(compress(x, 0.6, METHODS[conv.method], center=True))
+    expected = float(x_hat.square().sum() / x.square().sum())
+    assert compression_stats({'conv': conv})['kept_energy'] == pytest.approx(expected, rel=1e-6)

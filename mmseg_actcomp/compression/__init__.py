@@ -1,13 +1,14 @@
 """Pure-torch activation compression: unfolding, rank from explained variance, truncated SVD / HOSVD,
 reconstruction and storage size."""
-from .decompose import (METHODS, NonFiniteActivationError, Tucker, compress, hosvd,
+from .decompose import (METHODS, NonFiniteActivationError, Tucker, add_channel_mean, compress, hosvd,
                         leading_singular_vectors, reconstruct, single_cpu_thread, svd)
 from .rank import rank_from_explained_variance, validate_explained_variance
 from .storage import storage_bytes, storage_elements, svd_storage_elements, tucker_storage_elements
 from .tensor_ops import autocast_disabled, mode_gram, mode_product, multi_mode_product, unfold
 
 __all__ = [
-    'METHODS', 'NonFiniteActivationError', 'Tucker', 'compress', 'hosvd', 'leading_singular_vectors',
+    'METHODS', 'NonFiniteActivationError', 'Tucker', 'add_channel_mean', 'compress', 'hosvd',
+    'leading_singular_vectors',
     'reconstruct', 'svd', 'rank_from_explained_variance', 'validate_explained_variance', 'storage_bytes',
     'storage_elements', 'svd_storage_elements', 'tucker_storage_elements', 'mode_gram', 'mode_product',
     'multi_mode_product', 'unfold', 'autocast_disabled', 'single_cpu_thread'

@@ -16,6 +16,7 @@ X_(n)^T`` (``I_n x I_n``) for a wide unfolding, ``X_(n)^T X_(n)`` for a tall one
 product of the other sizes), all-zero rows left out.
 """
 import contextlib
+import math
 from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -212,7 +213,7 @@ def leading_singular_vectors(x: Tensor, mode: int, explained_variance: float,
 
 
 def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
-             name: str = 'activation') -> Tucker:
+             name: str = 'activation', center: bool = False) -> Tucker:
     r"""Truncated Tucker decomposition of ``x`` along ``modes``, ranks by explained variance.
 
     Args:
@@ -221,24 +222,85 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
         explained_variance: ``eps`` in ``(0, 1]``; at 1 the decomposition is exact up to rounding.
         modes: the modes to truncate, e.g. ``METHODS['svd']`` or ``METHODS['hosvd']``.
         name: names the activation in errors (layers pass their ``layer_name``).
+        center: keep the per-channel mean of ``x: (B, C, H, W)`` (over batch, height and width) exactly
+            and decompose only ``x`` minus it, the ranks then chosen by the variation's energy (see
+            :func:`add_channel_mean`). After a ReLU most of an activation's energy is its mean: ranks
+            by the raw energy then collapse to about 1 and keep little besides the mean.
 
     Returns:
         :class:`Tucker` whose core and factors have the dtype and device of ``x``. The decomposition
-        itself runs in float32 (float64 for float64 inputs or ``eps = 1``), autocast or not.
+        itself runs in float32 (float64 for float64 inputs or ``eps = 1``), autocast or not. Its factors
+        are orthonormal unless ``center``.
 
     Raises:
-        ValueError: ``explained_variance`` outside ``(0, 1]``, or ``x`` empty.
+        ValueError: ``explained_variance`` outside ``(0, 1]``, ``x`` empty, or ``center`` for a tensor
+            that is not 4-d.
         NonFiniteActivationError: ``x`` holds NaN or Inf.
     """
     explained_variance = validate_explained_variance(explained_variance)
     if x.numel() == 0:
         raise ValueError(f'{name}: cannot compress an empty tensor of shape {tuple(x.shape)}')
+    if center and x.dim() != 4:
+        raise ValueError(f'{name}: center=True needs a (B, C, H, W) tensor, got shape {tuple(x.shape)}')
     with torch.no_grad(), autocast_disabled(x.device.type):
         work = x.detach().to(_work_dtype(x, explained_variance), memory_format=torch.contiguous_format)
+        mean = work.mean(dim=(0, 2, 3)) if center else None
+        if mean is not None:
+            work = work - mean[None, :, None, None]
         bases = {n: leading_singular_vectors(work, n, explained_variance, name) for n in modes}
         core = multi_mode_product(work, {n: u.mT for n, u in bases.items()})
-    factors = tuple(bases[n].to(x.dtype) if n in bases else None for n in range(x.dim()))
-    return Tucker(core.to(x.dtype), factors)
+        tucker = Tucker(core, tuple(bases.get(n) for n in range(x.dim())))
+        if mean is not None:
+            tucker = add_channel_mean(tucker, mean)
+    return Tucker(tucker.core.to(x.dtype), tuple(None if u is None else u.to(x.dtype) for u in tucker.factors))
+
+
+def add_channel_mean(tucker: Tucker, mean: Tensor) -> Tucker:
+    r"""One :class:`Tucker` for ``reconstruct(tucker) + mean`` broadcast over batch, height and width.
+
+    The broadcast mean ``M[b, c, h, w] = mean[c]`` is itself a rank-1 Tucker tensor: factors
+    ``1/sqrt(B)``, ``mean / ||mean||``, ``1/sqrt(H)``, ``1/sqrt(W)`` and core ``||mean|| sqrt(BHW)``. A sum of
+    two Tucker tensors is one whose factors are the two factors side by side along every truncated mode
+    and whose core holds the two cores as blocks (the mean's at index 0, the other's after it), so the
+    weight gradient reads it like any other decomposition. Modes kept whole carry the mean's values in
+    its block instead. The factors are not orthonormal: the mean's columns are not orthogonal to the
+    others.
+
+    Args:
+        tucker: decomposition of a ``(B, C, H, W)`` tensor (at least one truncated mode).
+        mean: ``(C,)``.
+
+    Returns:
+        :class:`Tucker` with ranks ``r_n + 1`` along the truncated modes (``tucker`` itself if ``mean`` is
+        all zero).
+    """
+    if not tucker.modes:
+        raise ValueError('add_channel_mean needs a decomposition with at least one truncated mode')
+    norm = mean.norm()
+    if float(norm) == 0.0:
+        return tucker
+    sizes, truncated = tucker.shape, set(tucker.modes)
+    # The mean's block M x_n u_n^T: size 1 along truncated modes (each contraction with a constant
+    # column 1/sqrt(I_n) scales by sqrt(I_n), the one with mean/||mean|| gives ||mean||), full size along
+    # modes kept whole (the mean's values along the channel mode, constant along the others).
+    scale = math.prod(sizes[n] ** 0.5 for n in truncated - {1})
+    if 1 in truncated:
+        block = (norm * scale).reshape(1, 1, 1, 1)
+    else:
+        block = (mean * scale).reshape(1, -1, 1, 1)
+    block = block.expand(*[1 if n in truncated else sizes[n] for n in range(4)])
+    factors = []
+    for n, factor in enumerate(tucker.factors):
+        if factor is None:
+            factors.append(None)
+            continue
+        column = mean / norm if n == 1 else factor.new_full((sizes[n],), sizes[n] ** -0.5)
+        factors.append(torch.cat([column[:, None].to(factor.dtype), factor], dim=1))
+    core = tucker.core.new_zeros([size + 1 if n in truncated else size
+                                  for n, size in enumerate(tucker.core.shape)])
+    core[tuple(slice(0, 1) if n in truncated else slice(None) for n in range(4))] = block
+    core[tuple(slice(1, None) if n in truncated else slice(None) for n in range(4))] = tucker.core
+    return Tucker(core, tuple(factors))
 
 
 def svd(x: Tensor, explained_variance: float, name: str = 'activation') -> Tucker:

@@ -63,6 +63,10 @@ class ActivationCompressionHook(Hook):
             nothing of their input. This changes the forward (its effect on learning: the
             ``hosvd-0.8-frozen-bn`` row of docs/finetune.md), so it is off by default and BNs run as
             the config says. Defaults to False.
+        center (bool): the compressed convs keep their input's per-channel mean exactly and decompose
+            only the rest, so that ranks follow the variation around the mean. Without it, ranks collapse
+            to about 1 during fine-tuning and the weight gradients lose their direction
+            (docs/grad_fidelity.md). Not for ``'none'``. Defaults to False.
         require_load_from (bool): fail at start unless the config loads a checkpoint (``load_from``
             or ``resume``): fine-tuning and calibration configs set it, so that a forgotten
             ``--cfg-options load_from=...`` cannot silently fine-tune a random network. Defaults to False.
@@ -73,7 +77,8 @@ class ActivationCompressionHook(Hook):
     def __init__(self, method: str = 'hosvd', explained_variance: float = 0.8,
                  num_layers: Optional[int] = None, layers: Optional[Sequence[str]] = None,
                  freeze_others: bool = True, lean_region: bool = True,
-                 freeze_region_norm_stats: bool = False, require_load_from: bool = False) -> None:
+                 freeze_region_norm_stats: bool = False, require_load_from: bool = False,
+                 center: bool = False) -> None:
         if method not in CONV_TYPES:
             raise ValueError(f'ActivationCompressionHook: method={method!r} is not allowed; '
                              f'use one of {sorted(CONV_TYPES)}')
@@ -101,6 +106,9 @@ class ActivationCompressionHook(Hook):
         self.require_load_from = bool(require_load_from)
         self.lean_region = bool(lean_region) and method != 'none'
         self.freeze_region_norm_stats = bool(freeze_region_norm_stats) and self.lean_region
+        if not isinstance(center, bool):
+            raise ValueError(f'ActivationCompressionHook: center={center!r} must be True or False')
+        self.center = center and method != 'none'
         self.layer_paths: List[str] = []
         self.fine_tuned: Dict[str, nn.Conv2d] = {}
         self._eval_norms: List[nn.Module] = []
@@ -120,7 +128,7 @@ class ActivationCompressionHook(Hook):
                 paths = select_last(trace_inference_convs(model), self.num_layers)
             except ValueError as e:
                 raise ValueError(f'ActivationCompressionHook: {e}') from None
-        swap_convs(model, paths, self.method, self.explained_variance)
+        swap_convs(model, paths, self.method, self.explained_variance, self.center)
         if self.lean_region:
             for root in sorted(set(region_modules(paths)) - set(paths)):
                 make_lean(model.get_submodule(root), self.explained_variance, self.method)
@@ -154,7 +162,7 @@ class ActivationCompressionHook(Hook):
         head = (f'ActivationCompressionHook: method={self.method}, '
                 f'explained_variance={self.explained_variance}, {len(self.layer_paths)} layers, '
                 f'lean_region={self.lean_region}, '
-                f'freeze_region_norm_stats={self.freeze_region_norm_stats}; '
+                f'freeze_region_norm_stats={self.freeze_region_norm_stats}, center={self.center}; '
                 f'{trainable}/{total} parameters trainable')
         return '\n'.join([head] + lines)
 

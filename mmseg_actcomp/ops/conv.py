@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..compression import METHODS, Tucker, compress, validate_explained_variance
+from ..compression import METHODS, Tucker, compress, multi_mode_product, validate_explained_variance
 from .functional import compressed_conv2d
 
 
@@ -47,11 +47,15 @@ class CompressedConv2d(nn.Conv2d):
         last_input_shape: ``(B, C, H, W)`` of the compressed input (padded, if padded explicitly).
         last_kept_bytes: bytes of the stored core and factors.
         last_vanilla_bytes: ``B*C*H*W`` times the element size: what ``nn.Conv2d`` would keep.
+        last_kept_energy: ``||x_hat||^2 / ||x||^2`` (0-dim tensor): the part of the input's energy the
+            weight gradient sees.
 
     Args:
         Those of ``nn.Conv2d``, then
         explained_variance: ``eps`` in ``(0, 1]``; every truncated mode keeps the fewest singular
             components that explain this fraction of its energy. ``1`` keeps all (exact).
+        center: keep the input's per-channel mean exactly and decompose the rest (see
+            :func:`mmseg_actcomp.compression.compress`); ranks then follow the variation around the mean.
 
     Other attributes:
         layer_name: names the layer in errors; the class name unless whoever builds or swaps layers in
@@ -61,13 +65,14 @@ class CompressedConv2d(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = 'zeros',
-                 device=None, dtype=None, explained_variance: float = 0.8) -> None:
+                 device=None, dtype=None, explained_variance: float = 0.8, center: bool = False) -> None:
         if self.method not in METHODS:
             raise TypeError(f'{type(self).__name__}.method must be one of {sorted(METHODS)}, '
                             f'got {self.method!r}; use SVDConv2d or HOSVDConv2d')
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
         self.explained_variance = explained_variance
+        self.center = bool(center)
         self.layer_name = type(self).__name__
         self.last_ranks: Optional[Tuple[int, ...]] = None
         self.last_input_shape: Optional[Tuple[int, ...]] = None
@@ -84,7 +89,8 @@ class CompressedConv2d(nn.Conv2d):
         self._explained_variance = validate_explained_variance(value)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, explained_variance: float = 0.8) -> 'CompressedConv2d':
+    def from_conv(cls, conv: nn.Conv2d, explained_variance: float = 0.8,
+                  center: bool = False) -> 'CompressedConv2d':
         """A layer with ``conv``'s hyper-parameters and training flag sharing its Parameter objects
         (``new.weight is conv.weight``), so optimizers and checkpoints see the same tensors."""
         if not isinstance(conv, nn.Conv2d):
@@ -92,13 +98,13 @@ class CompressedConv2d(nn.Conv2d):
         # Built on the meta device: its own parameters are replaced right away, so allocate none.
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                   conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device='meta',
-                  dtype=conv.weight.dtype, explained_variance=explained_variance)
+                  dtype=conv.weight.dtype, explained_variance=explained_variance, center=center)
         new.weight = conv.weight
         new.bias = conv.bias
         return new.train(conv.training)
 
     def extra_repr(self) -> str:
-        return f'{super().extra_repr()}, explained_variance={self.explained_variance}'
+        return f'{super().extra_repr()}, explained_variance={self.explained_variance}, center={self.center}'
 
     def _compresses(self, x: Tensor) -> bool:
         """Whether this forward needs the weight gradient, hence a kept copy of ``x``."""
@@ -118,11 +124,14 @@ class CompressedConv2d(nn.Conv2d):
         self.last_input_shape = tuple(x.shape)
         self.last_kept_bytes = tucker.nbytes
         self.last_vanilla_bytes = x.numel() * x.element_size()
-        # ||core||^2 / ||x||^2 (orthonormal factors): the fraction of the input's energy the weight
-        # gradient sees. A 0-dim tensor, read only when logged, so that no step waits for a device sync.
+        # ||x_hat||^2 / ||x||^2: the fraction of the input's energy the weight gradient sees, from the
+        # core and the factors' small Gram matrices (the identity unless centred). A 0-dim tensor, read
+        # only when logged, so that no step waits for a device sync.
         with torch.no_grad():
-            energy = x.detach().float().square().sum()
-            self.last_kept_energy = tucker.core.detach().float().square().sum() / energy.clamp(min=1e-30)
+            core = tucker.core.detach().float()
+            grams = {n: u.float().mT @ u.float() for n, u in enumerate(tucker.factors) if u is not None}
+            kept = (core * multi_mode_product(core, grams)).sum()
+            self.last_kept_energy = kept / x.detach().float().square().sum().clamp(min=1e-30)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``(B, C, H, W)`` or unbatched ``(C, H, W)``; returns ``(B, O, H', W')`` (resp. unbatched)."""
@@ -136,7 +145,8 @@ class CompressedConv2d(nn.Conv2d):
             x, weight = x.to(cast_dtype), weight.to(cast_dtype)
             bias = None if bias is None else bias.to(cast_dtype)
         x, padding = self._explicit_padding(x)
-        tucker = compress(x, self.explained_variance, METHODS[self.method], name=self.layer_name)
+        tucker = compress(x, self.explained_variance, METHODS[self.method], name=self.layer_name,
+                          center=self.center)
         self._record(tucker, x)
         return compressed_conv2d(x, weight, bias, tucker, self.stride, padding, self.dilation,
                                  self.groups)

@@ -56,10 +56,12 @@ def select_last(order: Sequence[str], num_layers: int) -> List[str]:
 
 
 def swap_convs(model: nn.Module, paths: Iterable[str], method: str,
-               explained_variance: float) -> Dict[str, nn.Conv2d]:
-    """Replace each conv at ``paths`` by the compressed type of ``method``, sharing its parameters.
+               explained_variance: float, center: bool = False) -> Dict[str, nn.Conv2d]:
+    """Replace each conv at ``paths`` by the compressed type of ``method`` (``center`` as in
+    :class:`~mmseg_actcomp.ops.CompressedConv2d`), sharing its parameters.
 
-    Idempotent: a layer already of the wanted type only gets ``explained_variance`` updated.
+    Idempotent: a layer already of the wanted type only gets ``explained_variance`` and ``center``
+    updated.
     Returns path -> the layer now in the model (plain ``nn.Conv2d`` for ``method='none'``).
     """
     if method not in CONV_TYPES:
@@ -73,8 +75,9 @@ def swap_convs(model: nn.Module, paths: Iterable[str], method: str,
             continue
         if type(conv) is new_type:
             conv.explained_variance = explained_variance
+            conv.center = bool(center)
         else:
-            conv = new_type.from_conv(conv, explained_variance)
+            conv = new_type.from_conv(conv, explained_variance, center)
             conv.layer_name = path
             model.set_submodule(path, conv)
         swapped[path] = conv
