@@ -2,10 +2,14 @@
 ε, on real batches through a trained network: the cosine similarity and the norm ratio of the weight
 gradient from the decomposed input against the exact weight gradient, the ranks, and the fraction of
 the input's energy kept; each also with the input centred first (its per-channel mean kept exactly, the
-decomposition spent on the rest), a candidate for the learning gap benchmarks/finetune.py measures.
+decomposition spent on the rest: what the hook's ``center=True`` keeps).
 
-    python benchmarks/grad_fidelity.py [--checkpoint work_dirs/finetune/calibrate/iter_100.pth]
-        [--batches 3] [--eps 0.7 0.8 0.9] [--out docs/grad_fidelity.md]
+    python benchmarks/grad_fidelity.py [--checkpoints CKPT ...] [--batches 3] [--eps 0.7 0.8 0.9]
+        [--out docs/grad_fidelity.md]
+
+By default the checkpoints are the learning benchmark's calibrated start and the end of its first HOSVD
+eps 0.8 run (benchmarks/finetune.py writes both): the ranks and gradients before and after compressed
+fine-tuning.
 
 The network runs vanilla (``method='none'`` on the same 10 layers, so nothing in the forward changes);
 each layer's input ``x: (B, C, H, W)`` and output gradient are captured, and ``grad_W`` is recomputed
@@ -23,7 +27,7 @@ from torch.nn.grad import conv2d_weight
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = 'configs/finetune/deeplabv3_mv2-d8_none-10L_1xb8-100it_vocfinetune-128x128.py'
-CHECKPOINT = 'work_dirs/finetune/calibrate/iter_100.pth'
+CHECKPOINTS = ['work_dirs/finetune/calibrate/iter_100.pth', 'work_dirs/finetune/hosvd-0.8/seed0/iter_100.pth']
 
 
 class InputAndGradient:
@@ -100,7 +104,8 @@ def measure(checkpoint, batches=3, eps_values=(0.7, 0.8, 0.9), methods=('hosvd',
             for (path, method, eps, variant), cells in figures.items()]
 
 
-def markdown(rows, command, seconds):
+def markdown(results, command, seconds):
+    """The page: ``results`` is ``[(checkpoint, rows of measure()), ...]``."""
     lines = ['# Weight-gradient fidelity of compressed convs, per layer', '',
              f'Written by `{command}` ({seconds:.0f} s on this machine). Do not edit: rerun the command.', '',
              'KiB: what the layer keeps of its input (core and factors; centred: also the mean). '
@@ -108,8 +113,16 @@ def markdown(rows, command, seconds):
              'norm: its norm over the exact one\'s; energy: ||x_hat||^2 / ||x||^2; ranks: the largest '
              'over the batches (B, C, H, W for HOSVD; B for SVD). *centred*: the per-channel mean over '
              '(B, H, W) kept exactly, the rest decomposed at the same ε.', '']
+    for checkpoint, rows in results:
+        lines += [f'## Weights: `{checkpoint}`', '']
+        lines += _method_sections(rows)
+    return '\n'.join(lines)
+
+
+def _method_sections(rows):
+    lines = []
     for method in dict.fromkeys(r['method'] for r in rows):
-        lines += [f'## {method.upper()}', '', '| layer | ε | ranks | KiB | energy | cos | norm | centred ranks '
+        lines += [f'### {method.upper()}', '', '| layer | ε | ranks | KiB | energy | cos | norm | centred ranks '
                   '| centred KiB | centred energy | centred cos | centred norm |', '| --- |' + ' --- |' * 11]
         by_key = {(r['layer'], r['eps'], r['variant']): r for r in rows if r['method'] == method}
         for (layer, eps, variant), r in by_key.items():
@@ -128,26 +141,28 @@ def markdown(rows, command, seconds):
                              f'mean norm ratio {mean(r["norm_ratio"] for r in cells):.3f}, '
                              f'{sum(r["kib"] for r in cells):.1f} KiB kept by the {len(cells)} layers')
         lines.append('')
-    return '\n'.join(lines)
+    return lines
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--checkpoint', default=CHECKPOINT, help='trained weights (default: the learning '
-                   "benchmark's calibrated start)")
+    p.add_argument('--checkpoints', nargs='+', default=CHECKPOINTS,
+                   help="trained weights (default: the learning benchmark's calibrated start and the end of "
+                        'its first HOSVD eps 0.8 run)')
     p.add_argument('--batches', type=int, default=3)
     p.add_argument('--eps', type=float, nargs='+', default=[0.7, 0.8, 0.9])
     p.add_argument('--out', help='write the markdown page here (e.g. docs/grad_fidelity.md)')
     args = p.parse_args(argv)
     if args.batches < 1:
         p.error(f'--batches must be >= 1, got {args.batches}')
-    if not osp.isfile(osp.join(REPO, args.checkpoint)):
-        sys.exit(f'no checkpoint at {args.checkpoint}: run python benchmarks/finetune.py first (it writes '
-                 'the calibrated start), or give --checkpoint')
+    for checkpoint in args.checkpoints:
+        if not osp.isfile(osp.join(REPO, checkpoint)):
+            sys.exit(f'no checkpoint at {checkpoint}: run python benchmarks/finetune.py first (it writes '
+                     'the default ones), or give --checkpoints')
     start = time.time()
-    rows = measure(osp.join(REPO, args.checkpoint), args.batches, tuple(args.eps))
+    results = [(c, measure(osp.join(REPO, c), args.batches, tuple(args.eps))) for c in args.checkpoints]
     command = 'python benchmarks/grad_fidelity.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
-    text = markdown(rows, command.strip(), time.time() - start)
+    text = markdown(results, command.strip(), time.time() - start)
     print(text)
     if args.out:
         with open(osp.join(REPO, args.out), 'w') as f:
