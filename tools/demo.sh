@@ -5,7 +5,9 @@
 #   1. start: train the decode head of DeepLabV3-MobileNetV2-d8 on the *source* task (ARC 2017 objects) on
 #      the frozen ImageNet backbone (stands in for the paper's Cityscapes-trained network);
 #   2. calibrate conv_seg on the *target* task (the VOC photo's objects): mIoU "before";
-#   3. fine-tune the paper's last 10 layers with HOSVD, explained variance 0.8: mIoU "after";
+#   3. fine-tune the paper's last 10 layers with HOSVD, explained variance 0.8, the convs' input means kept
+#      exactly (center=True: without it the ranks collapse to ~1 and the weight gradients lose their
+#      direction, docs/grad_fidelity.md): mIoU "after";
 #   4. measure the activation memory of step 3 on real batches;
 #   5. draw val images | ground truth | prediction before | after into predictions.png.
 # One line per stage here; mmengine's logs go to WORK/*.log. Run it through `make demo`, which first
@@ -36,11 +38,12 @@ stage start "1/5 train the decode head on the source task (150 it)" \
   "$PY" tools/train.py "$START" --work-dir "$WORK/start"
 stage calibrate "2/5 calibrate conv_seg on the target task (100 it)" \
   "$PY" tools/train.py "$CALIB" --work-dir "$WORK/calibrate" --cfg-options load_from="$(last "$WORK/start")"
-stage finetune "3/5 fine-tune the last 10 layers, HOSVD eps 0.8 (100 it)" \
-  "$PY" tools/train.py "$FINETUNE" --work-dir "$WORK/finetune" --cfg-options load_from="$(last "$WORK/calibrate")"
+stage finetune "3/5 fine-tune the last 10 layers, HOSVD eps 0.8, center (100 it)" \
+  "$PY" tools/train.py "$FINETUNE" --work-dir "$WORK/finetune" --cfg-options load_from="$(last "$WORK/calibrate")" \
+  custom_hooks.0.center=True
 stage memory "4/5 measure the activation memory of that step (3 batches)" \
   "$PY" tools/measure_activation_memory.py "$FINETUNE" --checkpoint "$(last "$WORK/finetune")" \
-  --num-batches 3 --out-dir "$WORK/memory" --log "$WORK/finetune"
+  --num-batches 3 --out-dir "$WORK/memory" --log "$WORK/finetune" --cfg-options custom_hooks.0.center=True
 stage predictions "5/5 draw predictions before and after" \
   "$PY" tools/analysis_tools/show_predictions.py "$FINETUNE" "$(last "$WORK/calibrate")" "$(last "$WORK/finetune")" \
   --titles 'before (calibrated)' 'after HOSVD fine-tuning' --out "$WORK/predictions.png"
