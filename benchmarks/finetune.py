@@ -100,20 +100,34 @@ def hook_options(overrides):
     return [f'custom_hooks.0.{k}={v}' for k, v in overrides.items()]
 
 
-def prepare_start(work):
+def finished(work_dir):
+    """Whether ``work_dir`` holds a run that saved its last checkpoint after validating (``--resume``)."""
+    try:
+        return osp.isfile(last_checkpoint(work_dir)) and bool(val_curve(scalars(work_dir)))
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def prepare_start(work, resume=False):
     """Stages 1 and 2; returns (calibrated checkpoint, its val mIoU on the target, source val mIoU)."""
-    run(['tools/train.py', HEAD, '--work-dir', f'{work}/start'], osp.join(REPO, work, 'start.log'))
-    run(['tools/train.py', CALIB, '--work-dir', f'{work}/calibrate', '--cfg-options',
-         f'load_from={last_checkpoint(f"{work}/start")}'], osp.join(REPO, work, 'calibrate.log'))
+    if not (resume and finished(f'{work}/start')):
+        run(['tools/train.py', HEAD, '--work-dir', f'{work}/start'], osp.join(REPO, work, 'start.log'))
+    if not (resume and finished(f'{work}/calibrate')):
+        run(['tools/train.py', CALIB, '--work-dir', f'{work}/calibrate', '--cfg-options',
+             f'load_from={last_checkpoint(f"{work}/start")}'], osp.join(REPO, work, 'calibrate.log'))
     calibrated = last_checkpoint(f'{work}/calibrate')
     return (calibrated, val_curve(scalars(f'{work}/calibrate'))[-1][1],
             val_curve(scalars(f'{work}/start'))[-1][1])
 
 
-def finetune(work, key, seed, calibrated, iters, val_interval, threads=None):
-    """One fine-tuning run, then (for the first seed) its memory measurement; returns (key, seed, the
-    run's record: val curve, memory.json or None)."""
+def finetune(work, key, seed, calibrated, iters, val_interval, threads=None, resume=False):
+    """One fine-tuning run (reused with ``resume`` if it finished); returns its record: val curve, work
+    dir, mean kept energy."""
     run_dir = f'{work}/{key}/seed{seed}'
+    if resume and finished(run_dir) and val_curve(scalars(run_dir))[-1][0] == iters:
+        records = scalars(run_dir)
+        energy = [r['actcomp_kept_energy'] for r in records if 'actcomp_kept_energy' in r]
+        return dict(curve=val_curve(records), run_dir=run_dir, kept_energy=mean(energy) if energy else None)
     run(['tools/train.py', FINETUNE, '--work-dir', run_dir, '--cfg-options', f'load_from={calibrated}',
          f'randomness.seed={seed}', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={val_interval}',
          f'default_hooks.checkpoint.interval={iters}'] + hook_options(METHODS[key]),
@@ -123,9 +137,13 @@ def finetune(work, key, seed, calibrated, iters, val_interval, threads=None):
     return dict(curve=val_curve(records), run_dir=run_dir, kept_energy=mean(energy) if energy else None)
 
 
-def measure(work, key, run_dir, threads=None):
-    """Activation memory of a method's fine-tuning step on 3 real training batches (its memory.json)."""
+def measure(work, key, run_dir, threads=None, resume=False):
+    """Activation memory of a method's fine-tuning step on 3 real training batches (its memory.json,
+    reused with ``resume`` if written)."""
     out = f'{work}/{key}/memory'
+    if resume and osp.isfile(osp.join(REPO, out, 'memory.json')):
+        with open(osp.join(REPO, out, 'memory.json')) as f:
+            return json.load(f)
     run(['tools/measure_activation_memory.py', FINETUNE, '--checkpoint', last_checkpoint(run_dir),
          '--num-batches', '3', '--out-dir', out, '--log', run_dir, '--cfg-options']
         + hook_options(METHODS[key]), osp.join(REPO, f'{out}.log'), threads)
@@ -239,7 +257,8 @@ def plot_curves(methods, path):
 def markdown(result, command):
     m = result['methods']
     lines = [f'# Fine-tuning learns: gain over the calibrated start, memory and step time per method', '',
-             f'Written by `{command}` ({result["wall_s"] / 60:.0f} min on this machine); '
+             f'Written by `{command}` ({result["wall_s"] / 60:.0f} min on this machine'
+             f'{", reusing the finished runs of an interrupted invocation" if result["resumed"] else ""}); '
              f'figures in `{result["json"]}`. Do not edit: rerun the command.', '',
              '| method | mIoU start | mIoU end | gain (mean ± std) | gain % of vanilla | region MiB '
              '| region vs vanilla | step time vs vanilla | input energy kept |',
@@ -296,6 +315,9 @@ def main(argv=None):
                                                          'OUT_pareto.png')
     p.add_argument('--calibrated', help='start from this calibrated checkpoint instead of making one')
     p.add_argument('--jobs', type=int, default=2, help='learning runs side by side (default 2)')
+    p.add_argument('--resume', action='store_true',
+                   help='reuse the finished runs and memory reports in --work-dir (an interrupted benchmark '
+                        'goes on where it stopped); step times are always measured anew')
     args = p.parse_args(argv)
     if args.iters < 1 or args.val_interval < 1 or args.iters % args.val_interval:
         p.error(f'--iters ({args.iters}) must be a positive multiple of --val-interval ({args.val_interval})')
@@ -313,7 +335,7 @@ def main(argv=None):
         start_miou = val_curve(scalars(osp.dirname(calibrated)))[-1][1]
         source_miou = None  # the start was made elsewhere
     else:
-        calibrated, start_miou, source_miou = prepare_start(work)
+        calibrated, start_miou, source_miou = prepare_start(work, args.resume)
     # The learning runs share the cores, `--jobs` at a time with cores / jobs threads each (the eigen-
     # solvers are single-threaded, so two runs side by side use the machine better); their iteration
     # times are therefore not compared. Step times come from short runs afterwards, alone.
@@ -322,11 +344,11 @@ def main(argv=None):
     runs, memory = {key: {} for key in args.methods}, {}
     with ThreadPoolExecutor(args.jobs) as pool:
         done = {pool.submit(finetune, work, key, seed, calibrated, args.iters, args.val_interval,
-                            threads): (key, seed) for key, seed in jobs}
+                            threads, args.resume): (key, seed) for key, seed in jobs}
         for future in as_completed(done):
             key, seed = done[future]
             runs[key][seed] = future.result()
-        measured = {pool.submit(measure, work, key, runs[key][args.seeds[0]]['run_dir'], threads): key
+        measured = {pool.submit(measure, work, key, runs[key][args.seeds[0]]['run_dir'], threads, args.resume): key
                     for key in args.methods}
         for future in as_completed(measured):
             memory[measured[future]] = future.result()
@@ -348,7 +370,7 @@ def main(argv=None):
                       val_loo_miou=loo_miou, val_loo_max_delta=loo_delta,
                       model='DeepLabV3-MobileNetV2-d8, ImageNet backbone, the paper\'s 10 layers',
                       configs=dict(start=HEAD, calibrate=CALIB, finetune=FINETUNE)),
-        methods=methods, wall_s=time.time() - start)
+        methods=methods, wall_s=time.time() - start, resumed=args.resume)
     plot_curves(methods, osp.join(REPO, result['curves']))
     keys = list(methods)
     plot_pareto([(methods[k]['region_mib'], methods[k]['miou_end']) for k in keys], keys,

@@ -49,7 +49,7 @@ def test_written_report(tmp_path):
     methods['none'].update(region_mib=100.0, ranks={})
     methods['hosvd-0.8'].update(region_mib=20.0, ranks={'decode_head.conv_seg': [3, 14, 2, 1]})
     result = dict(json='docs/x.json', curves=str(tmp_path / 'c.png'), pareto=str(tmp_path / 'p.png'),
-                  wall_s=600, methods=methods,
+                  wall_s=600, resumed=False, methods=methods,
                   protocol=dict(seeds=[0, 1], iters=100, val_interval=50, jobs=2, batch_size=8, crop='128x128',
                                 lr=0.03, val_images=300, start_miou=25.0, source_miou=60.0, val_loo_miou=40.0,
                                 val_loo_max_delta=0.4))
