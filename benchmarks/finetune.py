@@ -120,21 +120,23 @@ def prepare_start(work, resume=False):
             val_curve(scalars(f'{work}/start'))[-1][1])
 
 
-def finetune(work, key, seed, calibrated, iters, val_interval, threads=None, resume=False):
-    """One fine-tuning run (reused with ``resume`` if it finished); returns its record: val curve, work
-    dir, mean kept energy."""
-    run_dir = f'{work}/{key}/seed{seed}'
-    if resume and finished(run_dir) and val_curve(scalars(run_dir))[-1][0] == iters:
-        records = scalars(run_dir)
-        energy = [r['actcomp_kept_energy'] for r in records if 'actcomp_kept_energy' in r]
-        return dict(curve=val_curve(records), run_dir=run_dir, kept_energy=mean(energy) if energy else None)
-    run(['tools/train.py', FINETUNE, '--work-dir', run_dir, '--cfg-options', f'load_from={calibrated}',
-         f'randomness.seed={seed}', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={val_interval}',
-         f'default_hooks.checkpoint.interval={iters}'] + hook_options(METHODS[key]),
-        osp.join(REPO, f'{run_dir}.log'), threads)
+def run_record(run_dir):
+    """What the summary needs of a finished run: val curve, work dir, mean kept energy (None if the
+    run compressed nothing)."""
     records = scalars(run_dir)
     energy = [r['actcomp_kept_energy'] for r in records if 'actcomp_kept_energy' in r]
     return dict(curve=val_curve(records), run_dir=run_dir, kept_energy=mean(energy) if energy else None)
+
+
+def finetune(work, key, seed, calibrated, iters, val_interval, threads=None, resume=False):
+    """One fine-tuning run (reused with ``resume`` if it finished); returns its :func:`run_record`."""
+    run_dir = f'{work}/{key}/seed{seed}'
+    if not (resume and finished(run_dir) and val_curve(scalars(run_dir))[-1][0] == iters):
+        run(['tools/train.py', FINETUNE, '--work-dir', run_dir, '--cfg-options', f'load_from={calibrated}',
+             f'randomness.seed={seed}', f'train_cfg.max_iters={iters}',
+             f'train_cfg.val_interval={val_interval}', f'default_hooks.checkpoint.interval={iters}']
+            + hook_options(METHODS[key]), osp.join(REPO, f'{run_dir}.log'), threads)
+    return run_record(run_dir)
 
 
 def measure(work, key, run_dir, threads=None, resume=False):
