@@ -11,4 +11,11 @@ from mmseg_actcomp.utils import run_mmseg_tool
 
 if __name__ == '__main__':
     dist.init_process_group(backend='gloo')
-    run_mmseg_tool('train.py')
+    try:
+        run_mmseg_tool('train.py')
+    finally:
+        # Leave together and close gloo's threads before the interpreter exits: left to shutdown, one
+        # rank was seen aborting ("terminate called without an active exception", exit -6) after a
+        # finished run.
+        dist.barrier()
+        dist.destroy_process_group()
