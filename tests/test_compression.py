@@ -170,6 +170,52 @@ def test_dead_channels_and_tall_unfoldings_give_the_exact_subspace(shape, dead):
         torch.testing.assert_close(factor @ factor.mT, reference @ reference.mT)
 
 
+@pytest.mark.parametrize('shape', [(4, 1200, 12, 12), (2, 600, 20, 20)])
+def test_large_grams_keep_the_threshold_with_a_near_exact_rank(shape):
+    """Above _FLOAT64_SPECTRUM_MAX_SIZE the leading eigenpairs come from a randomized subspace iteration
+    (the 1200-channel mode's Gram is 576 x 576 from its columns, the 20 x 20 spatial ones are small):
+    the kept factor still captures at least eps of the energy, exactly measured, and its rank is the
+    exact SVD's or at most 2 % above it; the basis is orthonormal."""
+    x = low_rank_activation(shape, components=40, noise=0.5, seed=5)
+    for eps in (0.7, 0.8, 0.9):
+        tucker = hosvd(x, eps)
+        for mode, factor in zip(tucker.modes, tucker.factors):
+            curve = explained_variance_curve(x, mode)
+            exact = int((curve < eps).sum()) + 1
+            rank = factor.shape[1]
+            matrix = unfold(x.double(), mode)
+            captured = (factor.double().mT @ matrix).square().sum() / matrix.square().sum()
+            assert captured >= eps - 1e-5, (mode, eps, captured.item())
+            assert exact <= rank <= exact + max(1, math.ceil(0.02 * exact)), (mode, eps, exact, rank)
+            torch.testing.assert_close(factor.mT @ factor, torch.eye(rank), atol=1e-4, rtol=0)
+
+
+def test_the_randomized_spectrum_is_deterministic_and_leaves_the_global_rng_alone():
+    from mmseg_actcomp.compression.decompose import _FLOAT64_SPECTRUM_MAX_SIZE, _leading_eigh
+    a = torch.randn(2 * _FLOAT64_SPECTRUM_MAX_SIZE, 900, generator=torch.Generator().manual_seed(6))
+    a = a / torch.arange(1, a.shape[0] + 1)[:, None]
+    gram = a @ a.mT
+    state = torch.get_rng_state()
+    first, second = _leading_eigh(gram, 0.8, gram.device), _leading_eigh(gram, 0.8, gram.device)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert first[1].shape[1] < gram.shape[0] // 4  # the randomized path ran, not the full eigh
+    torch.testing.assert_close(first[0], second[0], rtol=0, atol=0)
+    torch.testing.assert_close(first[1], second[1], rtol=0, atol=0)
+    # the values sum to the trace: Ritz values, then the energy they leave out
+    torch.testing.assert_close(first[0].sum(), gram.diagonal().double().sum(), rtol=1e-5, atol=0)
+
+
+def test_a_flat_spectrum_falls_back_to_the_full_eigendecomposition():
+    """White noise needs most of its components: the sketch would pass a quarter of the Gram, so the
+    exact eigh answers and the rank is exactly the SVD's."""
+    from mmseg_actcomp.compression.decompose import _leading_eigh
+    a = torch.randn(800, 2000, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    values, vectors, rtol = _leading_eigh((a @ a.mT).float(), 0.8, a.device)
+    assert vectors.shape == (800, 800)
+    exact = rank_from_explained_variance(torch.linalg.svdvals(a).square(), 0.8, 0.0)
+    assert rank_from_explained_variance(values, 0.8, rtol) == exact
+
+
 @pytest.mark.parametrize('method', ['svd', 'hosvd'])
 def test_factors_orthonormal_and_core_is_projection(method):
     x = low_rank_activation((5, 8, 7, 6), seed=3)
