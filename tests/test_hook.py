@@ -106,11 +106,14 @@ def test_swap_shares_parameters_and_state_dict_keys(deeplab):
 
 
 def test_center_reaches_the_compressed_convs(deeplab):
+    """Centred by default (what learns, docs/finetune.md); center=False is the paper's decomposition."""
     import copy
-    model = copy.deepcopy(deeplab)
-    hook = ActivationCompressionHook(method='svd', num_layers=2, center=True)
-    hook.prepare(model)
-    assert model.decode_head.conv_seg.center is True and 'center=True' in hook.summary(model)
+    for kwargs, expected in ((dict(), True), (dict(center=False), False)):
+        model = copy.deepcopy(deeplab)
+        hook = ActivationCompressionHook(method='svd', num_layers=2, **kwargs)
+        hook.prepare(model)
+        assert model.decode_head.conv_seg.center is expected
+        assert f'center={expected}' in hook.summary(model)
     assert ActivationCompressionHook(method='none', num_layers=2, center=True).center is False
 
 

@@ -35,11 +35,12 @@ CONV_CASES = {
 X_SHAPE = (3, 9, 8)  # (B, H, W); C comes from the case
 
 
-def make_pair(layer_cls, case, eps, dtype=torch.float32, seed=0):
-    """A vanilla ``nn.Conv2d`` and a compressed layer sharing its parameters."""
+def make_pair(layer_cls, case, eps, dtype=torch.float32, seed=0, center=False):
+    """A vanilla ``nn.Conv2d`` and a compressed layer sharing its parameters; uncentred (the paper's
+    decomposition, whose ranks these tests check against an SVD of the raw input) unless ``center``."""
     torch.manual_seed(seed)
     conv = nn.Conv2d(**case, dtype=dtype)
-    return conv, layer_cls.from_conv(conv, eps)
+    return conv, layer_cls.from_conv(conv, eps, center=center)
 
 
 def grads(module, x, grad_output=None):
@@ -112,9 +113,10 @@ def test_full_threshold_gradcheck_float64(layer_cls, case):
                                   CONV_CASES['nonsquare-mixed']], ids=['3x3', 'groups2', 'depthwise',
                                                                        'nonsquare-mixed'])
 @pytest.mark.parametrize('eps', [0.7, 0.9])
-def test_truncated_gradients_ranks_and_storage(layer_cls, case, eps):
+@pytest.mark.parametrize('center', [False, True], ids=['raw', 'centred'])
+def test_truncated_gradients_ranks_and_storage(layer_cls, case, eps, center):
     case = dict(case, in_channels=8, out_channels=8 if case.get('groups') == 4 else 6)
-    conv, layer = make_pair(layer_cls, case, eps)
+    conv, layer = make_pair(layer_cls, case, eps, center=center)
     x = low_rank_activation((6, 8, 12, 10), seed=3)
     (out, gx, gw, *gb), saved = saved_tensors(lambda: grads(layer, x))
     ref_out, ref_gx, ref_gw, *ref_gb = grads(conv, x)
@@ -125,20 +127,24 @@ def test_truncated_gradients_ranks_and_storage(layer_cls, case, eps):
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
     # The weight gradient is the exact one of the reconstruction.
     modes = METHODS[layer_cls.method]
-    recon = reconstruct(compress(x, eps, modes))
+    recon = reconstruct(compress(x, eps, modes, center=center))
     expected = conv2d_weight(recon, conv.weight.shape, torch.randn_like(out, generator=torch.Generator()
                                                                          .manual_seed(1)),
                              conv.stride, conv.padding, conv.dilation, conv.groups)
     torch.testing.assert_close(gw, expected, rtol=1e-4, atol=1e-5)
-    # Ranks meet the explained-variance definition on an exact float64 SVD of each unfolding.
+    # Ranks meet the explained-variance definition on an exact float64 SVD of each unfolding (of the
+    # centred input, plus the mean's one component, when centred).
     assert len(layer.last_ranks) == len(modes)
+    rest = x - x.mean(dim=(0, 2, 3), keepdim=True) if center else x
     for mode, rank in zip(modes, layer.last_ranks):
-        assert_rank_meets_threshold(rank, explained_variance_curve(x, mode), eps)
+        assert_rank_meets_threshold(rank - int(center), explained_variance_curve(rest, mode), eps)
     # Records, and what autograd really keeps, equal the storage formula.
     formula = storage_bytes(x.shape, layer.last_ranks, modes, x.dtype)
     assert layer.last_input_shape == tuple(x.shape)
     assert layer.last_vanilla_bytes == x.numel() * 4
-    assert layer.last_kept_bytes == formula < layer.last_vanilla_bytes
+    assert layer.last_kept_bytes == formula
+    # (centred at eps 0.9 the SVD's rank reaches the batch size here, mean included: it keeps more)
+    assert formula < layer.last_vanilla_bytes or (center and layer.last_ranks[0] == x.shape[0])
     kept = non_parameter(saved, layer)
     assert sum(t.numel() * t.element_size() for t in kept) == formula
     assert all(t.data_ptr() != x.data_ptr() for t in kept)
@@ -409,7 +415,7 @@ def test_compression_stats_report_the_kept_energy():
     torch.manual_seed(0)
     x = torch.randn(6, 4, 5, 5)
     for eps in (1.0, 0.6):
-        conv = SVDConv2d(4, 3, 3, padding=1, explained_variance=eps)
+        conv = SVDConv2d(4, 3, 3, padding=1, explained_variance=eps, center=False)
         conv(x.clone().requires_grad_())
         expected = reconstruct(svd(x, eps)).square().sum() / x.square().sum()
         stats = compression_stats({'conv': conv})

@@ -66,7 +66,8 @@ class ActivationCompressionHook(Hook):
         center (bool): the compressed convs keep their input's per-channel mean exactly and decompose
             only the rest, so that ranks follow the variation around the mean. Without it, ranks collapse
             to about 1 during fine-tuning and the weight gradients lose their direction
-            (docs/grad_fidelity.md). Not for ``'none'``. Defaults to False.
+            (docs/grad_fidelity.md) and the run learns little (the ``hosvd-0.8-uncentred`` row of
+            docs/finetune.md). Not for ``'none'``. Defaults to True; False is the paper's method.
         require_load_from (bool): fail at start unless the config loads a checkpoint (``load_from``
             or ``resume``): fine-tuning and calibration configs set it, so that a forgotten
             ``--cfg-options load_from=...`` cannot silently fine-tune a random network. Defaults to False.
@@ -78,7 +79,7 @@ class ActivationCompressionHook(Hook):
                  num_layers: Optional[int] = None, layers: Optional[Sequence[str]] = None,
                  freeze_others: bool = True, lean_region: bool = True,
                  freeze_region_norm_stats: bool = False, require_load_from: bool = False,
-                 center: bool = False) -> None:
+                 center: bool = True) -> None:
         if method not in CONV_TYPES:
             raise ValueError(f'ActivationCompressionHook: method={method!r} is not allowed; '
                              f'use one of {sorted(CONV_TYPES)}')

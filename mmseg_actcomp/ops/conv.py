@@ -56,6 +56,7 @@ class CompressedConv2d(nn.Conv2d):
             components that explain this fraction of its energy. ``1`` keeps all (exact).
         center: keep the input's per-channel mean exactly and decompose the rest (see
             :func:`mmseg_actcomp.compression.compress`); ranks then follow the variation around the mean.
+            Defaults to True; False is the paper's decomposition of the raw input.
 
     Other attributes:
         layer_name: names the layer in errors; the class name unless whoever builds or swaps layers in
@@ -65,7 +66,7 @@ class CompressedConv2d(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = 'zeros',
-                 device=None, dtype=None, explained_variance: float = 0.8, center: bool = False) -> None:
+                 device=None, dtype=None, explained_variance: float = 0.8, center: bool = True) -> None:
         if self.method not in METHODS:
             raise TypeError(f'{type(self).__name__}.method must be one of {sorted(METHODS)}, '
                             f'got {self.method!r}; use SVDConv2d or HOSVDConv2d')
@@ -90,7 +91,7 @@ class CompressedConv2d(nn.Conv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, explained_variance: float = 0.8,
-                  center: bool = False) -> 'CompressedConv2d':
+                  center: bool = True) -> 'CompressedConv2d':
         """A layer with ``conv``'s hyper-parameters and training flag sharing its Parameter objects
         (``new.weight is conv.weight``), so optimizers and checkpoints see the same tensors."""
         if not isinstance(conv, nn.Conv2d):

@@ -56,7 +56,7 @@ def select_last(order: Sequence[str], num_layers: int) -> List[str]:
 
 
 def swap_convs(model: nn.Module, paths: Iterable[str], method: str,
-               explained_variance: float, center: bool = False) -> Dict[str, nn.Conv2d]:
+               explained_variance: float, center: bool = True) -> Dict[str, nn.Conv2d]:
     """Replace each conv at ``paths`` by the compressed type of ``method`` (``center`` as in
     :class:`~mmseg_actcomp.ops.CompressedConv2d`), sharing its parameters.
 
