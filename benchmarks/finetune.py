@@ -46,6 +46,8 @@ METHODS = {
     'hosvd-0.9': dict(method='hosvd', explained_variance=0.9),
     # the region's BNs on running statistics: they keep nothing, but the forward changes
     'hosvd-0.8-frozen-bn': dict(method='hosvd', explained_variance=0.8, freeze_region_norm_stats=True),
+    # the paper's decomposition of the raw input: the rows above keep the per-channel mean exactly
+    'hosvd-0.8-uncentred': dict(method='hosvd', explained_variance=0.8, center=False),
 }
 #: logged iterations whose time is left out of the step time: the first window holds the warm-up
 WARMUP_LOGS = 1
@@ -284,7 +286,9 @@ def markdown(result, command):
               f'time: mean iteration time of a {TIMED_ITERS}-iteration run per method, alone on the machine, '
               f'the first {TIME_WINDOW} left out; vanilla {m["none"]["step_s"]:.2f} s. Input energy kept: '
               '||x_hat||^2 / ||x||^2 of what the compressed convs keep for the weight gradient, the mean over '
-              'layers and logged iterations (`actcomp_kept_energy` in the training logs).',
+              'layers and logged iterations (`actcomp_kept_energy` in the training logs). The compressed '
+              'methods keep their inputs\' per-channel means exactly and decompose the rest (the hook\'s '
+              'default `center=True`); `-uncentred` is the paper\'s decomposition of the raw input.',
               '', ('' if p['source_miou'] is None else f'Start: the decode head trained on the source task '
                    f'reaches {p["source_miou"]:.2f} mIoU on the source val split; ')
               + f'conv_seg calibrated on the target gives {p["start_miou"]:.2f}. One val '
@@ -295,7 +299,8 @@ def markdown(result, command):
               'photo\'s bottle, person and dining-table cut-outs on real photos, VOC labels); '
               '`tools/make_sample_voc.py --data finetune` writes both.', '',
               '## Ranks per layer', '', 'HOSVD ranks (batch, channel, height, width; the largest over the '
-              'measured batches) and SVD ranks (batch), per method, on the first seed\'s trained weights:', '']
+              'measured batches) and SVD ranks (batch), per method, on the first seed\'s trained weights; a centred '
+              'method\'s ranks count the mean as one component:', '']
     ranked = [k for k in m if k != 'none']
     lines += ['| layer | ' + ' | '.join(ranked) + ' |', '| --- |' + ' --- |' * len(ranked)]
     for layer in m[ranked[0]]['ranks'] if ranked else []:

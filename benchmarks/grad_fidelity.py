@@ -7,9 +7,9 @@ decomposition spent on the rest: what the hook's ``center=True`` keeps).
     python benchmarks/grad_fidelity.py [--checkpoints CKPT ...] [--batches 3] [--eps 0.7 0.8 0.9]
         [--out docs/grad_fidelity.md]
 
-By default the checkpoints are the learning benchmark's calibrated start and the end of its first HOSVD
-eps 0.8 run (benchmarks/finetune.py writes both): the ranks and gradients before and after compressed
-fine-tuning.
+By default the checkpoints are the learning benchmark's calibrated start and the ends of its first HOSVD
+eps 0.8 runs, uncentred (the paper's decomposition) and centred (the default) (benchmarks/finetune.py
+writes them): the ranks and gradients before and after compressed fine-tuning.
 
 The network runs vanilla (``method='none'`` on the same 10 layers, so nothing in the forward changes);
 each layer's input ``x: (B, C, H, W)`` and output gradient are captured, and ``grad_W`` is recomputed
@@ -27,7 +27,8 @@ from torch.nn.grad import conv2d_weight
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = 'configs/finetune/deeplabv3_mv2-d8_none-10L_1xb8-100it_vocfinetune-128x128.py'
-CHECKPOINTS = ['work_dirs/finetune/calibrate/iter_100.pth', 'work_dirs/finetune/hosvd-0.8/seed0/iter_100.pth']
+CHECKPOINTS = ['work_dirs/finetune/calibrate/iter_100.pth', 'work_dirs/finetune/hosvd-0.8-uncentred/seed0/iter_100.pth',
+               'work_dirs/finetune/hosvd-0.8/seed0/iter_100.pth']
 
 
 class InputAndGradient:
