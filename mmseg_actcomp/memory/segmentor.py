@@ -198,6 +198,7 @@ def _run_meta(config: str, checkpoint: Optional[str], hook, hook_cfg: Optional[d
     return {
         'config': config, 'checkpoint': checkpoint, 'hook': hook_cfg, 'method': method,
         'explained_variance': None if method in (None, 'none') else eps,
+        'center': getattr(hook, 'center', None) if hook is not None else None,
         'num_layers': len(layer_paths), 'device': str(device),
         'notes': [] if hook is not None else [NO_HOOK_NOTE],
     }

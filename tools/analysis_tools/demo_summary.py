@@ -29,7 +29,7 @@ def summary(work, seconds=None):
         f'Start: decode head trained on the source task, {source:.2f} mIoU on its own val split.',
         f'Target task (the VOC photo\'s objects): {before:.2f} mIoU with conv_seg calibrated, '
         f'{after:.2f} after fine-tuning the last 10 layers with HOSVD (eps {report.get("explained_variance")}'
-        f'{", center" if (report.get("hook") or {}).get("center") else ""}): '
+        f'{", uncentred" if report.get("center") is False else ""}): '
         f'{after - before:+.2f} points.{took}', '',
         f'Activation memory of that fine-tuning step, batch {"x".join(map(str, report["batch_shape"]))} '
         f'(tools/measure_activation_memory.py, {report["num_batches"]} batches):', '',
