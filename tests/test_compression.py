@@ -368,7 +368,10 @@ def test_centred_compression_is_the_mean_plus_the_decomposed_rest(method):
     for eps in (0.5, 0.8):
         centred = compress(x, eps, METHODS[method], center=True)
         rest = compress(x - mean, eps, METHODS[method])
-        assert centred.ranks == tuple(r + 1 for r in rest.ranks)
+        assert centred.ranks == tuple(min(r + 1, x.shape[n]) for n, r in zip(rest.modes, rest.ranks))
+        for factor in centred.factors:  # orthonormal, as uncentred ones
+            if factor is not None:
+                torch.testing.assert_close(factor.mT @ factor, torch.eye(factor.shape[1], dtype=x.dtype))
         torch.testing.assert_close(reconstruct(centred), mean + reconstruct(rest))
         # the raw tensor's ranks collapse (its mean dominates); the centred one keeps more
         assert sum(compress(x, eps, METHODS[method]).ranks) < sum(centred.ranks)

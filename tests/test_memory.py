@@ -288,7 +288,9 @@ def test_cli_end_to_end_with_the_hook(sample_workspace, tmp_path):
     assert report['log'] == 'train.log' and set(report['versions']) >= {'torch', 'mmseg'}
     for row in report['layers']:
         assert row['type'] == 'HOSVDConv2d' and len(row['ranks']) == 4
-        assert row['kept_bytes'] < row['vanilla_bytes'] == _bytes(row['input_shape'])
+        # never more than the input (a layer whose decomposition would be larger keeps the input)
+        assert row['kept_bytes'] <= row['vanilla_bytes'] == _bytes(row['input_shape'])
+    assert sum(r['kept_bytes'] for r in report['layers']) < sum(r['vanilla_bytes'] for r in report['layers']) / 4
     totals = report['totals']
     assert totals['estimate']['mean_bytes'] == pytest.approx(sum(r['kept_bytes'] for r in report['layers']))
     measured = totals['measured']

@@ -283,7 +283,7 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
     Returns:
         :class:`Tucker` whose core and factors have the dtype and device of ``x``. The decomposition
         itself runs in float32 (float64 for float64 inputs or ``eps = 1``), autocast or not. Its factors
-        are orthonormal unless ``center``.
+        are orthonormal.
 
     Raises:
         ValueError: ``explained_variance`` outside ``(0, 1]``, ``x`` empty, or ``center`` for a tensor
@@ -316,16 +316,17 @@ def add_channel_mean(tucker: Tucker, mean: Tensor) -> Tucker:
     two Tucker tensors is one whose factors are the two factors side by side along every truncated mode
     and whose core holds the two cores as blocks (the mean's at index 0, the other's after it), so the
     weight gradient reads it like any other decomposition. Modes kept whole carry the mean's values in
-    its block instead. The factors are not orthonormal: the mean's columns are not orthogonal to the
-    others.
+    its block instead. Each side-by-side factor ``[u, U_n] = Q_n R_n`` is then orthonormalised (thin QR)
+    and ``R_n`` folded into the core: the same tensor, orthonormal factors, and no rank above its mode's
+    size (``r_n + 1`` columns in a mode of ``r_n`` rows span at most ``r_n``).
 
     Args:
         tucker: decomposition of a ``(B, C, H, W)`` tensor (at least one truncated mode).
         mean: ``(C,)``.
 
     Returns:
-        :class:`Tucker` with ranks ``r_n + 1`` along the truncated modes (``tucker`` itself if ``mean`` is
-        all zero).
+        :class:`Tucker` with ranks ``min(r_n + 1, I_n)`` along the truncated modes and orthonormal factors
+        (``tucker`` itself if ``mean`` is all zero).
     """
     if not tucker.modes:
         raise ValueError('add_channel_mean needs a decomposition with at least one truncated mode')
@@ -353,7 +354,9 @@ def add_channel_mean(tucker: Tucker, mean: Tensor) -> Tucker:
                                   for n, size in enumerate(tucker.core.shape)])
     core[tuple(slice(0, 1) if n in truncated else slice(None) for n in range(4))] = block
     core[tuple(slice(1, None) if n in truncated else slice(None) for n in range(4))] = tucker.core
-    return Tucker(core, tuple(factors))
+    thin = {n: torch.linalg.qr(factor) for n, factor in enumerate(factors) if factor is not None}
+    core = multi_mode_product(core, {n: qr.R for n, qr in thin.items()})
+    return Tucker(core, tuple(thin[n].Q if n in thin else None for n in range(4)))
 
 
 def svd(x: Tensor, explained_variance: float, name: str = 'activation') -> Tucker:

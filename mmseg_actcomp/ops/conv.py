@@ -45,7 +45,9 @@ class CompressedConv2d(nn.Conv2d):
     Attributes set by each compressing forward (None before the first):
         last_ranks: ``(k,)`` for SVD, ``(r1, r2, r3, r4)`` for HOSVD.
         last_input_shape: ``(B, C, H, W)`` of the compressed input (padded, if padded explicitly).
-        last_kept_bytes: bytes of the stored core and factors.
+        last_kept_bytes: bytes of the stored core and factors, or of the input where the decomposition
+            would be no smaller (ranks full on a small input): the input is then kept, as ``nn.Conv2d``
+            keeps it, and the weight gradient is exact.
         last_vanilla_bytes: ``B*C*H*W`` times the element size: what ``nn.Conv2d`` would keep.
         last_kept_energy: ``||x_hat||^2 / ||x||^2`` (0-dim tensor): the part of the input's energy the
             weight gradient sees.
@@ -149,6 +151,11 @@ class CompressedConv2d(nn.Conv2d):
         tucker = compress(x, self.explained_variance, METHODS[self.method], name=self.layer_name,
                           center=self.center)
         self._record(tucker, x)
+        if tucker.nbytes >= self.last_vanilla_bytes:
+            # Ranks (nearly) full on a small input: the decomposition would keep no less than the input
+            # itself, so keep the input, as a plain conv does, and the weight gradient is exact.
+            tucker = Tucker(x.detach(), (None,) * x.dim())
+            self.last_kept_bytes, self.last_kept_energy = tucker.nbytes, x.new_ones((), dtype=torch.float32)
         return compressed_conv2d(x, weight, bias, tucker, self.stride, padding, self.dilation,
                                  self.groups)
 
