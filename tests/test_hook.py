@@ -117,6 +117,19 @@ def test_center_reaches_the_compressed_convs(deeplab):
     assert ActivationCompressionHook(method='none', num_layers=2, center=True).center is False
 
 
+def test_summary_says_what_each_region_bn_normalises_with_and_keeps(deeplab):
+    import copy
+    cases = ((dict(), 'batch', 'its input whole'),
+             (dict(freeze_region_norm_stats=True, precise_norm_batches=4),
+              'running, re-estimated over 4 batches at the start', 'x_hat for the gamma gradient, hosvd eps 0.8'))
+    for kwargs, statistics, keeps in cases:
+        model = copy.deepcopy(deeplab)
+        hook = ActivationCompressionHook(num_layers=2, **kwargs)
+        hook.prepare(model)
+        row = [line for line in hook.summary(model).splitlines() if line.startswith('decode_head.bottleneck.bn ')]
+        assert len(row) == 1 and statistics in row[0] and keeps in row[0], row
+
+
 def test_method_none_keeps_plain_convs(deeplab):
     import copy
     model = copy.deepcopy(deeplab)
@@ -137,6 +150,9 @@ def test_method_none_keeps_plain_convs(deeplab):
     (dict(layers='decode_head.conv_seg'), 'must be a non-empty list of module paths'),
     (dict(layers=['a', 'a']), 'names a layer twice'),
     (dict(num_layers=2, center='yes'), "center='yes' must be True or False"),
+    (dict(num_layers=2, precise_norm_batches=-1), 'precise_norm_batches=-1 must be an integer >= 0'),
+    (dict(num_layers=2, precise_norm_batches=8), 'precise_norm_batches=8 re-estimates the statistics of BNs '
+                                                 'that run on them: it needs freeze_region_norm_stats=True'),
 ])
 def test_bad_values_name_key_value_and_allowed(kwargs, message):
     with pytest.raises(ValueError) as e:
@@ -265,6 +281,42 @@ def test_resume_continues_with_compression_and_test_py_evaluates(sample_workspac
                     tmp_path / 'test'], cwd=sample_workspace)
     assert out.returncode == 0, out.stdout[-3000:]
     assert re.search(r'Iter\(test\) \[8/8\].*mIoU: [\d.]+', out.stdout)
+
+
+def test_precise_norm_stats_are_estimated_once_at_the_start_not_on_resume(sample_workspace, tmp_path):
+    """freeze_region_norm_stats with precise_norm_batches: the region's trainable BNs get statistics
+    averaged over training batches before the first step, keep them while training (running statistics),
+    and a resumed run does not estimate them again; every frozen tensor stays as loaded."""
+    arch = 'deeplabv3_r18-d8'
+    initial = initial_checkpoint(arch, tmp_path / 'init.pth')
+    precise = ['custom_hooks.0.freeze_region_norm_stats=True', 'custom_hooks.0.precise_norm_batches=2']
+    work = tmp_path / 'work'
+    out = run_tool([mmseg_train_py(), sample_config(arch, 'hosvd-0.8-10L'), '--work-dir', work, '--cfg-options',
+                    f'load_from={tmp_path / "init.pth"}', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
+                    'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1'] + precise,
+                   cwd=sample_workspace)
+    assert out.returncode == 0, out.stdout[-5000:]
+    assert re.search(r'running statistics of the \d+ region BNs re-estimated over 2 training batches', out.stdout)
+    from mmseg_actcomp.utils import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()
+    first, second = (torch.load(work / f'iter_{i}.pth', map_location='cpu')['state_dict'] for i in (1, 2))
+    _, model = build_model_from_config(sample_config(arch))
+    hook_cfg = Config.fromfile(sample_config(arch, 'hosvd-0.8-10L')).custom_hooks[0]
+    hook = ActivationCompressionHook(**{k: v for k, v in hook_cfg.items() if k != 'type'},
+                                     freeze_region_norm_stats=True, precise_norm_batches=2)
+    paths = hook.prepare(model)
+    region_norms = [k for k in region_keys(paths, initial, model) if k.endswith('running_mean')]
+    assert region_norms and len(hook._region_norms) == len(region_norms)
+    for key in region_norms:
+        assert not torch.equal(first[key], initial[key]), key  # re-estimated before the first step
+        assert torch.equal(first[key], second[key]), key  # then run on, never updated
+    changed, not_frozen = _changed_and_frozen(initial, second, set(region_keys(paths, initial, model)))
+    assert not not_frozen, f'frozen tensors changed: {not_frozen[:5]}'
+    out = run_tool([mmseg_train_py(), sample_config(arch, 'hosvd-0.8-10L'), '--work-dir', work, '--resume',
+                    '--cfg-options', 'train_cfg.max_iters=3', 'train_cfg.val_interval=3',
+                    'default_hooks.checkpoint.interval=3'] + precise, cwd=sample_workspace)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert 'resumed epoch: 0, iter: 2' in out.stdout and 'region BNs re-estimated over' not in out.stdout
 
 
 def test_ddp_two_gloo_processes(sample_workspace, tmp_path):

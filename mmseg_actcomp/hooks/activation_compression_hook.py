@@ -1,10 +1,11 @@
 """The config line that turns activation compression on for any mmseg segmentor."""
 import copy
 import gc
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmcv.cnn import ConvModule
+from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -15,6 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..compression import validate_explained_variance
 from ..memory.region import region_modules
 from ..ops import LeanBatchNorm2d, make_lean
+from ..ops.precise_bn import precise_norm_stats
 from ..ops.convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all_but, select_last,
                            swap_convs, trace_conv_order)
 
@@ -63,6 +65,10 @@ class ActivationCompressionHook(Hook):
             nothing of their input. This changes the forward (its effect on learning: the
             ``hosvd-0.8-frozen-bn`` row of docs/finetune.md), so it is off by default and BNs run as
             the config says. Defaults to False.
+        precise_norm_batches (int): with ``freeze_region_norm_stats``, first replace those BNs'
+            running statistics (the source task's exponential average) by their average over this many
+            training batches of the new task (precise BN), once, when fine-tuning starts (not on
+            resume: the checkpoint holds them). 0 keeps them as loaded. Defaults to 0.
         center (bool): the compressed convs keep their input's per-channel mean exactly and decompose
             only the rest, so that ranks follow the variation around the mean. Without it, ranks collapse
             to about 1 during fine-tuning and the weight gradients lose their direction
@@ -79,7 +85,7 @@ class ActivationCompressionHook(Hook):
                  num_layers: Optional[int] = None, layers: Optional[Sequence[str]] = None,
                  freeze_others: bool = True, lean_region: bool = True,
                  freeze_region_norm_stats: bool = False, require_load_from: bool = False,
-                 center: bool = True) -> None:
+                 center: bool = True, precise_norm_batches: int = 0) -> None:
         if method not in CONV_TYPES:
             raise ValueError(f'ActivationCompressionHook: method={method!r} is not allowed; '
                              f'use one of {sorted(CONV_TYPES)}')
@@ -110,6 +116,16 @@ class ActivationCompressionHook(Hook):
         if not isinstance(center, bool):
             raise ValueError(f'ActivationCompressionHook: center={center!r} must be True or False')
         self.center = center and method != 'none'
+        if isinstance(precise_norm_batches, bool) or not isinstance(precise_norm_batches, int) \
+                or precise_norm_batches < 0:
+            raise ValueError(f'ActivationCompressionHook: precise_norm_batches={precise_norm_batches!r} '
+                             'must be an integer >= 0')
+        if precise_norm_batches and not self.freeze_region_norm_stats:
+            raise ValueError(f'ActivationCompressionHook: precise_norm_batches={precise_norm_batches} '
+                             're-estimates the statistics of BNs that run on them: it needs '
+                             'freeze_region_norm_stats=True (and lean_region=True, method svd or hosvd)')
+        self.precise_norm_batches = precise_norm_batches
+        self._region_norms: List[_BatchNorm] = []
         self.layer_paths: List[str] = []
         self.fine_tuned: Dict[str, nn.Conv2d] = {}
         self._eval_norms: List[nn.Module] = []
@@ -147,25 +163,43 @@ class ActivationCompressionHook(Hook):
 
         self._eval_norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and (
             frozen(m) or (self.freeze_region_norm_stats and isinstance(m, LeanBatchNorm2d)))]
+        # the region's trainable BNs switched to running statistics: what precise_norm_batches updates
+        self._region_norms = [m for m in self._eval_norms
+                              if isinstance(m, LeanBatchNorm2d) and not frozen(m)]
         return self.layer_paths
 
     def summary(self, model: nn.Module) -> str:
-        """A table of the chosen layers: path, type, shape of weight, trainable parameters."""
+        """Two tables: the chosen layers (path, type, shape of weight, trainable parameters), then the
+        fine-tuned region's BNs (path, the statistics they normalise with, what they keep for backward)."""
         rows = [('#', 'layer', 'type', 'weight', 'trainable params')]
         for i, path in enumerate(self.layer_paths, 1):
             conv = self.fine_tuned[path]
             rows.append((str(i), path, type(conv).__name__, 'x'.join(map(str, conv.weight.shape)),
                          str(sum(p.numel() for p in conv.parameters() if p.requires_grad))))
-        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-        lines = ['  '.join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         head = (f'ActivationCompressionHook: method={self.method}, '
                 f'explained_variance={self.explained_variance}, {len(self.layer_paths)} layers, '
                 f'lean_region={self.lean_region}, '
-                f'freeze_region_norm_stats={self.freeze_region_norm_stats}, center={self.center}; '
+                f'freeze_region_norm_stats={self.freeze_region_norm_stats}, '
+                f'precise_norm_batches={self.precise_norm_batches}, center={self.center}; '
                 f'{trainable}/{total} parameters trainable')
-        return '\n'.join([head] + lines)
+        norms = [('region BN', 'statistics', 'keeps for backward')]
+        for path, norm in model.named_modules():
+            if isinstance(norm, LeanBatchNorm2d):
+                norms.append((path, *self._norm_behaviour(norm)))
+        return '\n'.join([head] + _table(rows) + ([''] + _table(norms) if len(norms) > 1 else []))
+
+    def _norm_behaviour(self, norm: LeanBatchNorm2d) -> Tuple[str, str]:
+        """(statistics, what it keeps) of a region BN during training, for :meth:`summary`."""
+        if norm not in self._eval_norms:
+            return 'batch', 'its input whole (exact input and affine gradients)'
+        statistics = ('running, re-estimated over '
+                      f'{self.precise_norm_batches} batches at the start' if norm in self._region_norms
+                      and self.precise_norm_batches else 'running')
+        if norm.weight is not None and norm.weight.requires_grad:
+            return statistics, f'x_hat for the gamma gradient, {norm.method} eps {norm.explained_variance}'
+        return statistics, 'nothing'
 
     # ------------------------------------------------------------------ runner glue
     def before_run(self, runner) -> None:
@@ -187,6 +221,24 @@ class ActivationCompressionHook(Hook):
             gc.collect()
             runner.model = runner.wrap_model(copy.deepcopy(runner.cfg.get('model_wrapper_cfg')), model)
         print_log(self.summary(model), logger='current')
+
+    def before_train(self, runner) -> None:
+        if not self.precise_norm_batches or not self._region_norms or runner.iter > 0:
+            return  # nothing to re-estimate, or resumed: the checkpoint holds the statistics
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+
+        def forward(batch):
+            model(**model.data_preprocessor(batch, True), mode='tensor')
+
+        # A loader of its own, built from the config as the runner built its own: iterating the runner's
+        # would close its InfiniteSampler's shared index generator, ending training's data.
+        loader = runner.build_dataloader(copy.deepcopy(runner.cfg.train_dataloader), seed=runner.seed)
+        count = precise_norm_stats(model, self._region_norms, loader, forward, self.precise_norm_batches)
+        for norm in self._region_norms:  # each rank averaged its own batches
+            all_reduce(norm.running_mean, op='mean')
+            all_reduce(norm.running_var, op='mean')
+        print_log(f'ActivationCompressionHook: running statistics of the {len(self._region_norms)} '
+                  f'region BNs re-estimated over {count} training batches (per rank)', logger='current')
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         self.set_norms_eval()
@@ -231,3 +283,9 @@ def _convmodule_norms(model: nn.Module, paths: Sequence[str]) -> List[nn.Module]
         if isinstance(parent, ConvModule) and leaf == 'conv' and parent.with_norm:
             norms.append(parent.norm)
     return norms
+
+
+def _table(rows: Sequence[Sequence[str]]) -> List[str]:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return ['  '.join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
