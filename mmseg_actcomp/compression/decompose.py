@@ -188,13 +188,14 @@ def _leading_eigh(gram: Tensor, explained_variance: float,
         for _ in range(_POWER_ITERATIONS):
             q = torch.linalg.qr(gram @ q).Q
         projected = (q.mT @ gram @ q).double()
-        values, small, _ = _eigh_descending((projected + projected.mT) / 2, device)
-        values = values.clamp(min=0)
+        ritz_values, small, _ = _eigh_descending((projected + projected.mT) / 2, device)
+        ritz_values = ritz_values.clamp(min=0)
         ritz_vectors = q @ small.to(q.dtype)
-        needed = int((values.cumsum(0) < explained_variance * total).sum()) + 1
-        if needed + _OVERSAMPLING <= width:
-            rest = (total - values.sum()).clamp(min=0)
-            return torch.cat([values, rest[None]]), ritz_vectors, size * torch.finfo(gram.dtype).eps
+        values = torch.cat([ritz_values, (total - ritz_values.sum()).clamp(min=0)[None]])
+        rtol = size * torch.finfo(gram.dtype).eps
+        # the rank the sketch offers; width + 1 (the left-out energy) if it does not reach eps
+        if rank_from_explained_variance(values, explained_variance, rtol) + _OVERSAMPLING <= width:
+            return values, ritz_vectors, rtol
         width *= 2
     return _eigh_descending(gram, device)
 

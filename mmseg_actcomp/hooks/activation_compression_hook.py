@@ -15,6 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..compression import validate_explained_variance
 from ..memory.region import region_modules
+from ..memory.report import align
 from ..ops import LeanBatchNorm2d, make_lean
 from ..ops.precise_bn import precise_norm_stats
 from ..ops.convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all_but, select_last,
@@ -188,7 +189,10 @@ class ActivationCompressionHook(Hook):
         for path, norm in model.named_modules():
             if isinstance(norm, LeanBatchNorm2d):
                 norms.append((path, *self._norm_behaviour(norm)))
-        return '\n'.join([head] + _table(rows) + ([''] + _table(norms) if len(norms) > 1 else []))
+        text = head + '\n' + align(rows[0], rows[1:], left=len(rows[0]))
+        if len(norms) > 1:
+            text += '\n\n' + align(norms[0], norms[1:], left=len(norms[0]))
+        return text
 
     def _norm_behaviour(self, norm: LeanBatchNorm2d) -> Tuple[str, str]:
         """(statistics, what it keeps) of a region BN during training, for :meth:`summary`."""
@@ -284,8 +288,3 @@ def _convmodule_norms(model: nn.Module, paths: Sequence[str]) -> List[nn.Module]
             norms.append(parent.norm)
     return norms
 
-
-def _table(rows: Sequence[Sequence[str]]) -> List[str]:
-    """Left-aligned columns, two spaces apart."""
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    return ['  '.join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
