@@ -38,8 +38,9 @@ from torch.autograd.function import Function, once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair
 
-from ..compression import (METHODS, Tucker, autocast_disabled, compress, mode_product,
-                           multi_mode_product, validate_explained_variance)
+from ..compression import (METHODS, Quantized, Tucker, autocast_disabled, compress, dequantize, mode_product,
+                           multi_mode_product, pack_codes, quantize, unpack_codes, validate_bits,
+                           validate_explained_variance)
 from .functional import compressed_conv2d
 
 #: what a lean BN keeps of ``x_hat`` when ``gamma`` is trainable: a truncated decomposition, or (``'none'``)
@@ -47,13 +48,21 @@ from .functional import compressed_conv2d
 LEAN_METHODS = ('none',) + tuple(METHODS)
 
 _CHANNEL_MODE = 1
-_BITS = 8
 
 
 def _validate_method(method: str) -> str:
     if method not in LEAN_METHODS:
         raise ValueError(f'method={method!r} is not one of {list(LEAN_METHODS)}')
     return method
+
+
+def _validate_input_bits(bits: Optional[int]) -> Optional[int]:
+    if bits is None:
+        return None
+    try:
+        return validate_bits(bits)
+    except ValueError as e:
+        raise ValueError(f'input_bits: {e} (or None to keep the input whole)') from None
 
 
 def _validated_attribute(name: str, validate: Callable) -> property:
@@ -71,36 +80,18 @@ def _grad_needed(*tensors: Optional[Tensor]) -> bool:
 # --------------------------------------------------------------------------------------- bit packing
 
 
-def _bit_shifts(device: torch.device) -> Tensor:
-    """``(8,)`` uint8 ``[0, 1, ..., 7]``: bit ``j`` of a packed byte holds element ``8 * i + j``."""
-    return torch.arange(_BITS, dtype=torch.uint8, device=device)
-
-
 def pack_bits(mask: Tensor) -> Tensor:
-    """Pack a boolean tensor 8 elements per byte.
-
-    Args:
-        mask: bool, any shape and memory format, any device. Elements are taken in logical (row-major)
-            order, so a channels_last mask packs like its contiguous copy.
+    """Pack a boolean tensor 8 elements per byte (any shape and memory format, logical order).
 
     Returns:
-        ``(ceil(numel / 8),)`` uint8; the unused high bits of the last byte are 0.
+        ``(ceil(numel / 8),)`` uint8: bit ``j`` of byte ``i`` holds element ``8 * i + j``.
     """
-    flat = mask.reshape(-1)
-    padding = -flat.numel() % _BITS
-    if padding:
-        flat = torch.cat([flat, flat.new_zeros(padding)])
-    # bool is stored as one byte holding 0 or 1: reinterpret it instead of converting.
-    bits = flat.view(torch.uint8).view(-1, _BITS)
-    # The shifted bits are disjoint, so their sum is their bitwise or.
-    return (bits << _bit_shifts(mask.device)).sum(1, dtype=torch.uint8)
+    return pack_codes(mask, 1)
 
 
 def unpack_bits(packed: Tensor, shape: torch.Size) -> Tensor:
     """Inverse of :func:`pack_bits`: the bool tensor of ``shape`` (contiguous) that ``packed`` holds."""
-    numel = math.prod(shape)
-    bits = (packed.unsqueeze(1) >> _bit_shifts(packed.device)) & 1
-    return bits.view(-1)[:numel].view(torch.bool).view(shape)
+    return unpack_codes(packed, 1, math.prod(shape)).view(torch.bool).view(shape)
 
 
 # --------------------------------------------------------------------------------------------- ReLU
@@ -287,6 +278,47 @@ class RunningStatsBatchNormFunction(Function):
         return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
+class QuantizedInputBatchNormFunction(Function):
+    """``F.batch_norm`` on batch statistics (running statistics updated as torch does) keeping its input
+    quantized instead of whole.
+
+    ``apply(x, weight, bias, running_mean, running_var, momentum, eps, bits)``; ``running_mean`` /
+    ``running_var`` may be None (no tracked statistics). Saves the :class:`Quantized` input (``bits`` per
+    element plus a range per ``(b, c)`` plane), the batch mean and inverse std ``(C,)`` and ``weight`` (a
+    parameter: no memory). Backward is torch's own ``native_batch_norm_backward`` run on the dequantized
+    input, so every gradient is torch's exact one for an input within half a quantization step of the
+    true one: ``grad_beta`` is exact, ``grad_x`` and ``grad_gamma`` approximate.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                running_mean: Optional[Tensor], running_var: Optional[Tensor], momentum: float, eps: float,
+                bits: int) -> Tensor:
+        out, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True,
+                                                    momentum, eps)
+        ctx.eps = eps
+        ctx.quantized_meta = (x.shape, x.dtype, bits)
+        ctx.memory_format = _memory_format(x)
+        ctx.save_for_backward(weight, mean, invstd, *quantize(x, bits).tensors)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        weight, mean, invstd, *quantized = ctx.saved_tensors
+        x = dequantize(Quantized(*quantized, *ctx.quantized_meta)).contiguous(memory_format=ctx.memory_format)
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_output, x, weight, None, None, mean, invstd, True, ctx.eps, list(ctx.needs_input_grad[:3]))
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a 4-d channels-last tensor, else ``torch.contiguous_format``."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class LeanBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` that, with running statistics, keeps no full-size activation for backward.
 
@@ -301,9 +333,11 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
       ``grad_beta = sum grad_y`` is exact and needs nothing.
 
     With batch statistics (train mode, or no running statistics) the exact input gradient needs the whole
-    normalised input: the layer is then stock ``nn.BatchNorm2d`` (running statistics updated as usual).
-    Put the layer in eval mode (``norm_eval``, or the hook's re-application after each ``model.train()``)
-    for the lean path.
+    normalised input. With ``input_bits`` None the layer is then stock ``nn.BatchNorm2d`` and keeps it;
+    with ``input_bits`` it keeps the input quantized to that many bits per element
+    (:class:`QuantizedInputBatchNormFunction`: same forward and running-statistics update, gradients
+    within half a quantization step of the input). Put the layer in eval mode (``norm_eval``, or the
+    hook's re-application after each ``model.train()``) for the running-statistics path.
 
     Attributes set by each forward that keeps ``x_hat`` compressed (None before the first):
         last_ranks: ranks of the decomposition of ``x_hat`` (``()`` for ``'none'``).
@@ -312,15 +346,18 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
 
     Args:
         Those of ``nn.BatchNorm2d``, then ``explained_variance`` (``eps`` of the decomposition, in
-        ``(0, 1]``) and ``method`` (one of :data:`LEAN_METHODS`).
+        ``(0, 1]``), ``method`` (one of :data:`LEAN_METHODS`) and ``input_bits`` (None, or one of
+        :data:`~mmseg_actcomp.compression.QUANTIZATION_BITS`).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
-                 explained_variance: float = 0.8, method: str = 'hosvd') -> None:
+                 explained_variance: float = 0.8, method: str = 'hosvd',
+                 input_bits: Optional[int] = None) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.explained_variance = explained_variance
         self.method = method
+        self.input_bits = input_bits
         self.layer_name = type(self).__name__
         self.last_ranks: Optional[Tuple[int, ...]] = None
         self.last_kept_bytes: Optional[int] = None
@@ -328,17 +365,19 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
 
     explained_variance = _validated_attribute('explained_variance', validate_explained_variance)
     method = _validated_attribute('method', _validate_method)
+    input_bits = _validated_attribute('input_bits', _validate_input_bits)
 
     @classmethod
-    def from_bn(cls, bn: nn.BatchNorm2d, explained_variance: float = 0.8,
-                method: str = 'hosvd') -> 'LeanBatchNorm2d':
+    def from_bn(cls, bn: nn.BatchNorm2d, explained_variance: float = 0.8, method: str = 'hosvd',
+                input_bits: Optional[int] = None) -> 'LeanBatchNorm2d':
         """A layer with ``bn``'s hyper-parameters and training flag sharing its Parameter and buffer
         objects (``new.weight is bn.weight``, ``new.running_mean is bn.running_mean``, ...)."""
         if not isinstance(bn, nn.BatchNorm2d):
             raise TypeError(f'from_bn expects an nn.BatchNorm2d, got {type(bn).__name__}')
         # Built on the meta device: its own parameters and buffers are replaced right away.
         new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                  device='meta', explained_variance=explained_variance, method=method)
+                  device='meta', explained_variance=explained_variance, method=method,
+                  input_bits=input_bits)
         for name in list(new._parameters):
             setattr(new, name, getattr(bn, name))
         for name in list(new._buffers):
@@ -346,7 +385,8 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
         return new.train(bn.training)
 
     def extra_repr(self) -> str:
-        return f'{super().extra_repr()}, explained_variance={self.explained_variance}, method={self.method}'
+        return (f'{super().extra_repr()}, explained_variance={self.explained_variance}, method={self.method}, '
+                f'input_bits={self.input_bits}')
 
     def _uses_running_stats(self) -> bool:
         # _BatchNorm.forward's rule: batch statistics in training mode or without running statistics.
@@ -367,10 +407,28 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
         self.last_vanilla_bytes = x.numel() * x.element_size()
         return tucker
 
+    def _batch_stats_forward(self, x: Tensor) -> Tensor:
+        """Batch statistics, keeping the input quantized (stock BN, keeping it whole, without
+        ``input_bits``)."""
+        if self.input_bits is None:
+            return super().forward(x)
+        self._check_input_dim(x)
+        # The momentum and counter logic of _BatchNorm.forward (train mode, batch statistics).
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        # Here running statistics are either tracked and in training mode (updated) or absent (None).
+        return QuantizedInputBatchNormFunction.apply(x, self.weight, self.bias, self.running_mean,
+                                                     self.running_var, momentum, self.eps, self.input_bits)
+
     def forward(self, x: Tensor) -> Tensor:
         """x: ``(B, C, H, W)``; returns ``(B, C, H, W)``."""
-        if not self._uses_running_stats() or not _grad_needed(x, self.weight, self.bias):
+        if not _grad_needed(x, self.weight, self.bias):
             return super().forward(x)
+        if not self._uses_running_stats():
+            return self._batch_stats_forward(x)
         self._check_input_dim(x)
         weight_grad = _grad_needed(self.weight)
         normalised = self._normalised(x) if weight_grad else None
@@ -447,9 +505,7 @@ class ShapeOnlyAdaptiveAvgPool2dFunction(Function):
     def setup_context(ctx, inputs, output) -> None:
         x, _ = inputs
         ctx.input_meta = (x.shape, x.dtype, x.device)
-        ctx.memory_format = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
-                             and x.is_contiguous(memory_format=torch.channels_last)
-                             else torch.contiguous_format)
+        ctx.memory_format = _memory_format(x)
 
     @staticmethod
     @once_differentiable
@@ -572,21 +628,22 @@ class RegeneratedDropout(nn.Module):
 # ------------------------------------------------------------------------------------------ swapping
 
 
-def _lean_twin(module: nn.Module, explained_variance: float, method: str) -> Optional[nn.Module]:
+def _lean_twin(module: nn.Module, explained_variance: float, method: str,
+               input_bits: Optional[int]) -> Optional[nn.Module]:
     """The lean replacement of ``module``, ``module`` itself if it is lean already (its BN settings
     updated), or None if it has none."""
     kind = type(module)
     if kind in (PackedMaskReLU, RegeneratedDropout, LeanConv2d, LeanAdaptiveAvgPool2d):
         return module
     if kind is LeanBatchNorm2d:
-        module.explained_variance, module.method = explained_variance, method
+        module.explained_variance, module.method, module.input_bits = explained_variance, method, input_bits
         return module
     if kind in (nn.ReLU, nn.ReLU6):
         return PackedMaskReLU.from_module(module)
     if kind in (nn.Dropout, nn.Dropout2d):
         return RegeneratedDropout.from_module(module)
     if kind is nn.BatchNorm2d:
-        return LeanBatchNorm2d.from_bn(module, explained_variance, method)
+        return LeanBatchNorm2d.from_bn(module, explained_variance, method, input_bits)
     if kind is nn.Conv2d:
         return LeanConv2d.from_conv(module)
     if kind is nn.AdaptiveAvgPool2d:
@@ -597,32 +654,36 @@ def _lean_twin(module: nn.Module, explained_variance: float, method: str) -> Opt
     return None
 
 
-def make_lean(module: nn.Module, explained_variance: float, method: str) -> Dict[str, nn.Module]:
+def make_lean(module: nn.Module, explained_variance: float, method: str,
+              input_bits: Optional[int] = None) -> Dict[str, nn.Module]:
     """Replace, in place, every layer inside ``module`` that keeps a full-size activation it does not
     need by its lean twin, sharing parameters and buffers (state-dict keys unchanged):
 
     ``nn.ReLU`` / ``nn.ReLU6`` -> :class:`PackedMaskReLU`; ``nn.BatchNorm2d`` -> :class:`LeanBatchNorm2d`
-    (``explained_variance`` and ``method`` for a trainable ``gamma``); ``nn.Dropout`` / ``nn.Dropout2d`` ->
+    (``explained_variance`` and ``method`` for a trainable ``gamma`` on running statistics, ``input_bits``
+    for batch statistics); ``nn.Dropout`` / ``nn.Dropout2d`` ->
     :class:`RegeneratedDropout`; plain ``nn.Conv2d`` -> :class:`LeanConv2d` (lean only while frozen);
     ``nn.AdaptiveAvgPool2d`` -> :class:`LeanAdaptiveAvgPool2d`.
     Subclasses (compressed convs, ``SyncBatchNorm``, ...) are left alone; other ``_BatchNorm`` layers with
     a warning. ``module`` itself is never replaced (it is the region root, e.g. a ResNet block, an mmcv
     ``ConvModule`` or a decode head). A layer registered under several paths gets one twin at all of them.
 
-    Idempotent: lean layers are kept (a lean BN gets ``explained_variance`` and ``method`` updated).
+    Idempotent: lean layers are kept (a lean BN gets ``explained_variance``, ``method`` and ``input_bits``
+    updated).
 
     Returns:
         path (relative to ``module``) -> the lean layer now there, for every lean layer inside it.
     """
     explained_variance = validate_explained_variance(explained_variance)
     _validate_method(method)
+    _validate_input_bits(input_bits)
     twins: Dict[int, Optional[nn.Module]] = {}
     lean = {}
     for path, child in list(module.named_modules(remove_duplicate=False)):
         if not path:
             continue
         if id(child) not in twins:
-            twins[id(child)] = _lean_twin(child, explained_variance, method)
+            twins[id(child)] = _lean_twin(child, explained_variance, method, input_bits)
         twin = twins[id(child)]
         if twin is None:
             continue
