@@ -119,7 +119,9 @@ def test_center_reaches_the_compressed_convs(deeplab):
 
 def test_summary_says_what_each_region_bn_normalises_with_and_keeps(deeplab):
     import copy
-    cases = ((dict(), 'batch', 'its input whole'),
+    cases = ((dict(), 'batch', 'its input in 8 bits per element (approximate gradients)'),
+             (dict(norm_input_bits=None), 'batch', 'its input whole (exact input and affine gradients)'),
+             (dict(norm_input_bits=2), 'batch', 'its input in 2 bits per element'),
              (dict(freeze_region_norm_stats=True, precise_norm_batches=4),
               'running, re-estimated over 4 batches at the start', 'x_hat for the gamma gradient, hosvd eps 0.8'))
     for kwargs, statistics, keeps in cases:
@@ -144,6 +146,9 @@ def test_method_none_keeps_plain_convs(deeplab):
     (dict(explained_variance=0.0, num_layers=2), 'explained_variance must be a real number in (0, 1], got 0.0'),
     (dict(explained_variance=1.5, num_layers=2), 'got 1.5'),
     (dict(num_layers=0), 'num_layers=0 must be an integer >= 1'),
+    (dict(num_layers=2, norm_input_bits=16),
+     'norm_input_bits=16 must be one of [1, 2, 4, 8], or None to keep region BN inputs whole'),
+    (dict(num_layers=2, norm_input_bits='8'), "norm_input_bits='8' must be one of"),
     (dict(num_layers=2.5), 'num_layers=2.5 must be an integer >= 1'),
     (dict(), 'give exactly one of num_layers=N and layers=[paths]'),
     (dict(num_layers=2, layers=['decode_head.conv_seg']), 'give exactly one of'),

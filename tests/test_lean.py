@@ -315,6 +315,67 @@ def test_lean_bn_in_training_mode_is_stock_batch_norm():
     assert int(bn.num_batches_tracked) == int(reference.num_batches_tracked) == 1
 
 
+def grid_activation(shape, bits=8, seed=0):
+    """A ``(B, C, H, W)`` tensor whose every ``(b, c)`` plane lies on its own ``bits``-bit grid spanning it:
+    quantizing it loses nothing."""
+    g = torch.Generator().manual_seed(seed)
+    levels = 2 ** bits - 1
+    codes = torch.randint(0, levels + 1, shape, generator=g).float()
+    codes[..., 0, 0], codes[..., 0, 1] = 0, levels
+    low = torch.randn(shape[:2], generator=g)[..., None, None]
+    step = (torch.rand(shape[:2], generator=g) * 0.1 + 0.01)[..., None, None]
+    return low + codes * step
+
+
+@pytest.mark.parametrize('momentum', [0.1, None])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_lean_bn_on_batch_statistics_with_input_bits_keeps_the_quantized_input(momentum, channels_last):
+    bn, _ = bn_pair(channels=8)
+    bn.momentum = momentum
+    reference = copy.deepcopy(bn).train()
+    lean = LeanBatchNorm2d.from_bn(bn.train(), input_bits=8)
+    x = grid_activation((3, 8, 7, 5))
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    for _ in range(2):  # the second step checks the running statistics' update rule again
+        (out, grads), saved = saved_tensors(lambda: run_grads(lean, x))
+        expected_out, expected = run_grads(reference, x)
+        assert torch.equal(out, expected_out)
+        for name in ('running_mean', 'running_var', 'num_batches_tracked'):
+            assert torch.equal(getattr(bn, name), getattr(reference, name))
+    # the input lies on the grid: torch's own backward on the same numbers
+    for name in expected:
+        torch.testing.assert_close(grads[name], expected[name], rtol=1e-6, atol=1e-7)
+    kept = sum(t.numel() * t.element_size() for t in activations(saved, lean))
+    assert kept == x.numel() + 2 * 4 * 3 * 8 + 2 * 4 * 8  # codes, plane ranges, batch mean and inverse std
+
+
+@pytest.mark.parametrize('bits, tolerance', [(8, 2e-3), (4, 3e-2)])
+def test_lean_bn_on_batch_statistics_gradient_error_follows_the_bits(bits, tolerance):
+    bn, _ = bn_pair(channels=8)
+    reference = copy.deepcopy(bn).train()
+    lean = LeanBatchNorm2d.from_bn(bn.train(), input_bits=bits)
+    x = low_rank_activation((4, 8, 9, 7), components=5, noise=0.3)
+    _, grads = run_grads(lean, x)
+    _, expected = run_grads(reference, x)
+    assert torch.equal(grads['bias'], expected['bias'])
+    error = (grads['input'] - expected['input']).norm() / expected['input'].norm()
+    assert 0 < error < tolerance
+
+
+def test_lean_bn_input_bits_validated_and_without_running_statistics():
+    with pytest.raises(ValueError, match=r'input_bits: bits=3 is not one of \[1, 2, 4, 8\] \(or None'):
+        LeanBatchNorm2d(4, input_bits=3)
+    bn = nn.BatchNorm2d(6, track_running_stats=False)
+    lean = LeanBatchNorm2d.from_bn(bn, input_bits=8).eval()  # no running statistics: batch ones
+    x = grid_activation((2, 6, 4, 4))
+    (out, grads), saved = saved_tensors(lambda: run_grads(lean, x))
+    expected_out, expected = run_grads(bn.eval(), x)
+    assert torch.equal(out, expected_out)
+    torch.testing.assert_close(grads['input'], expected['input'], rtol=1e-6, atol=1e-7)
+    assert sum(t.numel() for t in activations(saved, lean) if t.dtype == torch.uint8) == x.numel()
+
+
 def test_lean_bn_without_affine_and_in_half_precision():
     bn, lean = bn_pair(affine=False)
     x = low_rank_activation((2, 6, 5, 5)).requires_grad_()
@@ -626,20 +687,32 @@ def test_lean_region_of_a_segmentor_keeps_only_factors_and_masks(config):
         'PackedMaskReLUFunctionBackward'}
 
 
-def test_region_bns_on_batch_statistics_stay_stock_by_default():
+def test_region_bns_on_batch_statistics_keep_their_input_in_8_bits_by_default():
     """Without freeze_region_norm_stats the region's trainable BNs train on batch statistics, as the
-    config says: they keep their input as stock BN does, while norm_eval BNs keep nothing."""
+    config says: they keep their input in 8 bits by default, a quarter of what stock BN keeps (the
+    whole float32 input, as with norm_input_bits=None), while norm_eval BNs keep nothing."""
     from conftest import REPO, build_model_from_config
     from mmseg_actcomp.hooks import ActivationCompressionHook
 
-    cfg, model = build_model_from_config(
-        f'{REPO}/configs/sample/deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py')
-    hook = ActivationCompressionHook(**{k: v for k, v in cfg.custom_hooks[0].items() if k != 'type'})
-    paths = hook.prepare(model)
-    model.train()
-    hook.before_train_iter(None, 0)
-    assert model.decode_head.bottleneck.bn.training and not model.backbone.layer4[0].bn1.training
     x = low_rank_activation((2, 3, 64, 64), components=12, noise=0.5)
-    step = measure_step(model, lambda: model(x, mode='tensor').sum(), paths)
-    region_ops = set(step.saved['per_op']['region'])
-    assert 'NativeBatchNormBackward0' in region_ops and 'ReluBackward0' not in region_ops
+    kept, whole = 'QuantizedInputBatchNormFunctionBackward', 'NativeBatchNormBackward0'
+    region_bn = {}
+    for norm_input_bits in (8, None):
+        cfg, model = build_model_from_config(
+            f'{REPO}/configs/sample/deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py')
+        options = {k: v for k, v in cfg.custom_hooks[0].items() if k != 'type'}
+        if norm_input_bits is None:
+            options['norm_input_bits'] = None  # the default is 8
+        hook = ActivationCompressionHook(**options)
+        paths = hook.prepare(model)
+        model.train()
+        hook.before_train_iter(None, 0)
+        assert model.decode_head.bottleneck.bn.training and not model.backbone.layer4[0].bn1.training
+        step = measure_step(model, lambda: model(x, mode='tensor').sum(), paths)
+        region = step.saved['per_op']['region']
+        assert 'ReluBackward0' not in region
+        assert (kept in region, whole in region) == ((True, False) if norm_input_bits else (False, True))
+        region_bn[norm_input_bits] = region[kept if norm_input_bits else whole]
+    # 8 bits for float32: a quarter, plus per BN its plane ranges and batch statistics (kilobytes)
+    bytes_8, bytes_whole = region_bn[8]['bytes'], region_bn[None]['bytes']
+    assert bytes_whole / 4 < bytes_8 < bytes_whole / 4 + region_bn[None]['saves'] * 16 * 1024

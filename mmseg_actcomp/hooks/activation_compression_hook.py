@@ -13,7 +13,7 @@ from mmseg.registry import HOOKS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..compression import validate_explained_variance
+from ..compression import QUANTIZATION_BITS, validate_bits, validate_explained_variance
 from ..memory.region import region_modules
 from ..memory.report import align
 from ..ops import LeanBatchNorm2d, make_lean
@@ -57,10 +57,16 @@ class ActivationCompressionHook(Hook):
             either: ReLUs keep a bit-packed mask, BNs on running statistics keep nothing (or a
             compressed normalised input when their affine weights train), dropout regenerates its
             mask, frozen convs and pooling keep no input. The region is each chosen conv's parent
-            module (its ConvModule, residual block or head). Input gradients stay exact. A BN that
-            trains on batch statistics needs its full normalised input for an exact input gradient, so
-            it keeps it unless ``freeze_region_norm_stats``. Only for 'svd'/'hosvd'; False reproduces
-            the paper's accounting (only conv inputs compressed). Defaults to True.
+            module (its ConvModule, residual block or head). Input gradients stay exact, except
+            through BNs on batch statistics (see ``norm_input_bits``). Only for 'svd'/'hosvd'; False
+            reproduces the paper's accounting (only conv inputs compressed). Defaults to True.
+        norm_input_bits (int, optional): with ``lean_region``, a region BN that trains on batch
+            statistics (the config's default) keeps its input quantized to this many bits per element
+            (one range per sample and channel; 1, 2, 4 or 8) instead of whole: its input and gamma
+            gradients are then those of an input within half a quantization step of the true one.
+            None keeps the input whole (exact gradients, 4x the bytes of 8 bits in float32). Its effect
+            on learning: the ``hosvd-0.8`` (8 bits) and ``hosvd-0.8-exact-bn`` (None) rows of
+            docs/finetune.md. Defaults to 8.
         freeze_region_norm_stats (bool): with ``lean_region``, run the region's BNs on their running
             statistics in training too (as ``norm_eval`` does for a backbone), so that they keep
             nothing of their input. This changes the forward (its effect on learning: the
@@ -86,7 +92,8 @@ class ActivationCompressionHook(Hook):
                  num_layers: Optional[int] = None, layers: Optional[Sequence[str]] = None,
                  freeze_others: bool = True, lean_region: bool = True,
                  freeze_region_norm_stats: bool = False, require_load_from: bool = False,
-                 center: bool = True, precise_norm_batches: int = 0) -> None:
+                 center: bool = True, precise_norm_batches: int = 0,
+                 norm_input_bits: Optional[int] = 8) -> None:
         if method not in CONV_TYPES:
             raise ValueError(f'ActivationCompressionHook: method={method!r} is not allowed; '
                              f'use one of {sorted(CONV_TYPES)}')
@@ -126,6 +133,14 @@ class ActivationCompressionHook(Hook):
                              're-estimates the statistics of BNs that run on them: it needs '
                              'freeze_region_norm_stats=True (and lean_region=True, method svd or hosvd)')
         self.precise_norm_batches = precise_norm_batches
+        if norm_input_bits is not None:
+            try:
+                validate_bits(norm_input_bits)
+            except ValueError:
+                raise ValueError(f'ActivationCompressionHook: norm_input_bits={norm_input_bits!r} must be '
+                                 f'one of {list(QUANTIZATION_BITS)}, or None to keep region BN inputs '
+                                 'whole') from None
+        self.norm_input_bits = norm_input_bits
         self._region_norms: List[_BatchNorm] = []
         self.layer_paths: List[str] = []
         self.fine_tuned: Dict[str, nn.Conv2d] = {}
@@ -149,7 +164,8 @@ class ActivationCompressionHook(Hook):
         swap_convs(model, paths, self.method, self.explained_variance, self.center)
         if self.lean_region:
             for root in sorted(set(region_modules(paths)) - set(paths)):
-                make_lean(model.get_submodule(root), self.explained_variance, self.method)
+                make_lean(model.get_submodule(root), self.explained_variance, self.method,
+                          self.norm_input_bits)
         self.fine_tuned = {p: model.get_submodule(p) for p in paths}
         self.layer_paths = list(paths)
         trainable_ids = set()
@@ -183,7 +199,8 @@ class ActivationCompressionHook(Hook):
                 f'explained_variance={self.explained_variance}, {len(self.layer_paths)} layers, '
                 f'lean_region={self.lean_region}, '
                 f'freeze_region_norm_stats={self.freeze_region_norm_stats}, '
-                f'precise_norm_batches={self.precise_norm_batches}, center={self.center}; '
+                f'precise_norm_batches={self.precise_norm_batches}, '
+                f'norm_input_bits={self.norm_input_bits}, center={self.center}; '
                 f'{trainable}/{total} parameters trainable')
         norms = [('region BN', 'statistics', 'keeps for backward')]
         for path, norm in model.named_modules():
@@ -197,7 +214,9 @@ class ActivationCompressionHook(Hook):
     def _norm_behaviour(self, norm: LeanBatchNorm2d) -> Tuple[str, str]:
         """(statistics, what it keeps) of a region BN during training, for :meth:`summary`."""
         if norm not in self._eval_norms:
-            return 'batch', 'its input whole (exact input and affine gradients)'
+            if norm.input_bits is None:
+                return 'batch', 'its input whole (exact input and affine gradients)'
+            return 'batch', f'its input in {norm.input_bits} bits per element (approximate gradients)'
         statistics = ('running, re-estimated over '
                       f'{self.precise_norm_batches} batches at the start' if norm in self._region_norms
                       and self.precise_norm_batches else 'running')
