@@ -20,7 +20,7 @@ METRICS = {
     'measured': (('measured', 'total'), 'measured activation memory (MiB, mean)'),
     'region': (('measured', 'region'), 'measured memory of the fine-tuned region (MiB, mean)'),
     'estimate': (('estimate',), 'estimated activation memory (MiB, mean)'),
-    'peak': (('peak',), 'CUDA peak step memory (MiB, mean)'),
+    'peak': (('peak',), 'peak step memory above the resting model (MiB, mean)'),
 }
 _LOG_MIOU = re.compile(r'\bmIoU:\s*([-+0-9.eE]+)')
 
@@ -145,7 +145,8 @@ def compare_reports(report_paths: Sequence[str], logs: Optional[Sequence[str]] =
             raise ValueError(f'{path} records no training log: pass --logs, one per report')
         memory = report_memory_mib(report, metric)
         if memory is None:
-            raise ValueError(f'{path} has no {metric!r} figure (e.g. peak is CUDA only)')
+            raise ValueError(f'{path} has no {metric!r} figure (e.g. no peak where allocations were not '
+                             'recorded)')
         rows.append({'report': path, 'label': run_label(report), 'memory_mib': memory,
                      'miou': read_miou(log), 'log': log})
     return rows

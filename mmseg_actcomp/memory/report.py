@@ -18,7 +18,20 @@ from .region import REGION_RULE, region_modules
 MIB = 2 ** 20
 CSV_COLUMNS = ('path', 'type', 'input_shape', 'ranks', 'vanilla_bytes', 'kept_bytes', 'kept_bytes_peak',
                'ratio')
-CPU_PEAK_NOTE = 'n/a on CPU'
+PEAK_NOTE = 'n/a (no allocation records)'
+#: what each backward op of a compressed model keeps for backward (the per-op tables' "keeps" column)
+OP_KEEPS = {
+    'CompressedConv2dFunctionBackward': 'conv input factors (what the estimate counts)',
+    'PackedMaskReLUFunctionBackward': 'ReLU mask, bit-packed (1 bit/element)',
+    'NativeBatchNormBackward0': 'BN: its full input (batch statistics: for the exact input gradient)',
+    'QuantizedInputBatchNormFunctionBackward': 'BN on batch statistics: its input quantized '
+                                               '(norm_input_bits per element, a range per plane)',
+    'RunningStatsBatchNormFunctionBackward': 'BN on running statistics: x_hat factors (trainable gamma)',
+    'ShapeOnlyAdaptiveAvgPool2dFunctionBackward': 'adaptive pooling (shape only)',
+    'RegeneratedDropoutFunctionBackward': 'dropout (seed only)',
+    'ReluBackward0': 'ReLU: its full output',
+    'ConvolutionBackward0': 'conv: its full input',
+}
 
 
 def stats(values: Sequence[float]) -> Dict[str, float]:
@@ -92,7 +105,7 @@ def build_report(steps: List[StepMemory], layer_paths: Sequence[str], meta: dict
     saved = {key: stats([step.saved[key] for step in steps])
              for key in ('total', 'region', 'rest', 'parameters', 'discarded')}
     peaks = [step.peak_bytes for step in steps]
-    peak = stats(peaks) if None not in peaks else {'available': False, 'note': CPU_PEAK_NOTE}
+    peak = stats(peaks) if None not in peaks else {'available': False, 'note': PEAK_NOTE}
     return dict(
         meta,
         num_batches=len(steps),
@@ -153,15 +166,16 @@ def _totals_table(report: dict) -> str:
         ['measured: saved for backward, parameters excluded', *_mib_pair(measured['total'], 'n/a')],
         ['  in the fine-tuned region', *_mib_pair(measured['region'], 'n/a')],
         ['  rest of the model', *_mib_pair(measured['rest'], 'n/a')],
-        ['peak (CUDA step above the resting model)', *_mib_pair(totals['peak'], peak_note)],
+        ['peak: the step, above the resting model', *_mib_pair(totals['peak'], peak_note)],
     ]
     return align(('whole model', 'mean MiB', 'peak MiB'), rows)
 
 
 def _op_table(report: dict, side: str) -> str:
-    rows = [(op, f"{r['mean_mib']:.3f}", f"{r['exclusive_mean_bytes'] / MIB:.3f}", f"{r['saves']:g}")
-            for op, r in report['per_op'][side].items()]
-    return align((f'saved in the {side}, per op', 'MiB', 'only this op MiB', 'saves'), rows)
+    rows = [(op, OP_KEEPS.get(op, '-'), f"{r['mean_mib']:.3f}", f"{r['exclusive_mean_bytes'] / MIB:.3f}",
+             f"{r['saves']:g}") for op, r in report['per_op'][side].items()]
+    return align((f'saved in the {side}, per op', 'keeps', 'MiB', 'only this op MiB', 'saves'), rows,
+                 left=2)
 
 
 def format_summary(report: dict) -> str:

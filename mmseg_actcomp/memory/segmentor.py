@@ -219,7 +219,7 @@ def measure_config(config: str, checkpoint: Optional[str] = None, num_batches: i
         checkpoint: weights to load; their ranks differ from those of random weights.
         num_batches: >= 1.
         cfg_options: overrides merged into the config (as ``--cfg-options``).
-        device: ``'cpu'`` or ``'cuda[:N]'``; the step peak is measured on CUDA only.
+        device: ``'cpu'`` or ``'cuda[:N]'``; the step's peak is measured on both.
         seed: seeds the weights' initialisation and the data order/augmentation.
         progress: show a progress bar.
         log: training log or work dir of this config's run, recorded for the Pareto plot.
