@@ -72,3 +72,35 @@ def test_files_hold_the_figures_and_the_command(run):
     assert 'python benchmarks/bench_step.py --configs' in markdown
     assert '| vanilla | ' in markdown and '## Summary' in markdown
     assert markdown.count('met: ') + markdown.count('MISSED: ') == 3
+
+
+def test_paper_scale_sets_the_paper_configs_variants_and_target_unless_given():
+    args = bench_step.parse_args(['--paper-scale'])
+    assert args.configs == bench_step.PAPER_CONFIGS and args.variants == bench_step.PAPER_VARIANTS
+    assert (args.batches, args.steps, args.warmup, args.min_region_reduction) == (1, 3, 1, 20.0)
+    args = bench_step.parse_args(['--paper-scale', '--steps', '5', '--variants', 'svd'])
+    assert args.steps == 5 and args.variants == ['vanilla', 'svd', 'hosvd']  # vanilla and hosvd always run
+    assert bench_step.parse_args([]).min_region_reduction == 10.0
+
+
+@pytest.mark.parametrize('config', bench_step.PAPER_CONFIGS)
+def test_paper_scale_configs_are_the_papers_size_and_layers(config):
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(REPO, config))
+    model = 'deeplabv3' if 'deeplabv3' in config else 'pspnet'
+    layers = Config.fromfile(osp.join(REPO, 'configs', '_base_', 'layers', f'{model}_mv2-d8.py')).layers_10L
+    hook, = cfg.custom_hooks
+    assert (hook.method, hook.explained_variance, hook.layers) == ('hosvd', 0.8, layers)
+    assert cfg.train_dataloader.batch_size == 8 and tuple(cfg.model.data_preprocessor.size) == (512, 512)
+    crop, = [t for t in cfg.train_dataloader.dataset.pipeline if t.type == 'RandomCrop']
+    assert tuple(crop.crop_size) == (512, 512)
+    assert cfg.model.backbone.init_cfg.checkpoint == 'data/pretrained/mobilenet_v2_imagenet.pth'
+
+
+def test_region_target_is_measured_against_the_given_factor():
+    variants = {name: {'step_median_s': 1.0, 'estimate_bytes': 100, 'measured_bytes': {'region': region}}
+                for name, region in (('vanilla', 1953), ('hosvd', 100))}
+    region = bench_step._targets(variants, 20.0)[2]
+    assert region['target'] == "measured region >= 20x below vanilla's"
+    assert region['value'] == pytest.approx(19.53) and region['met'] is False
+    assert bench_step._targets(variants, 10.0)[2]['met'] is True

@@ -44,17 +44,27 @@ def test_summarise_gains_over_seeds_and_ratios_to_vanilla():
     assert [s['gain'] for s in hosvd['seeds']] == [10.0, 12.0]
 
 
+def test_region_bns_keep_follows_the_hook_options():
+    keep = {key: finetune.region_bns_keep(overrides) for key, overrides in finetune.METHODS.items()}
+    assert keep['none'] == 'input whole' and keep['hosvd-0.8'] == 'input in 8 bits'
+    assert keep['hosvd-0.8-exact-bn'] == 'input whole' and keep['hosvd-0.8-bn4'] == 'input in 4 bits'
+    assert keep['hosvd-0.8-frozen-bn'] == keep['hosvd-0.8-precise-bn'] == 'nothing (running statistics)'
+    assert finetune.region_bns_keep(dict(method='hosvd', lean_region=False)) == 'input whole'
+
+
 def test_written_report(tmp_path):
     methods = finetune.summarise(_runs(), start_miou=25.0, step_s={'none': 1.0, 'hosvd-0.8': 2.5})
-    methods['none'].update(region_mib=100.0, ranks={})
-    methods['hosvd-0.8'].update(region_mib=20.0, ranks={'decode_head.conv_seg': [3, 14, 2, 1]})
+    methods['none'].update(region_mib=100.0, ranks={}, region_bns_keep='input whole')
+    methods['hosvd-0.8'].update(region_mib=20.0, ranks={'decode_head.conv_seg': [3, 14, 2, 1]},
+                                region_bns_keep='input in 8 bits')
     result = dict(json='docs/x.json', curves=str(tmp_path / 'c.png'), pareto=str(tmp_path / 'p.png'),
                   wall_s=600, resumed=False, methods=methods,
                   protocol=dict(seeds=[0, 1], iters=100, val_interval=50, jobs=2, batch_size=8, crop='128x128',
                                 lr=0.03, val_images=300, start_miou=25.0, source_miou=60.0, val_loo_miou=40.0,
                                 val_loo_max_delta=0.4))
     text = finetune.markdown(result, 'python benchmarks/finetune.py')
-    assert '| hosvd-0.8 | 25.00 | 36.00 | +11.00 ± 1.00 | 65 % | 20.00 | 5.0x less | 2.50x | 60.0 % |' in text
+    assert ('| hosvd-0.8 | input in 8 bits | 25.00 | 36.00 | +11.00 ± 1.00 | 65 % | 20.00 | 5.0x less | 2.50x '
+            '| 60.0 % |') in text
     assert '| decode_head.conv_seg | 3x14x2x1 |' in text
     assert 'Written by `python benchmarks/finetune.py`' in text
     finetune.plot_curves(methods, result['curves'])
