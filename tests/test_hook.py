@@ -210,14 +210,62 @@ PAPER_10L = {
 }
 
 
+#: what a config's name says it fine-tunes: `_hosvd-0.8-10L_`, `_svd-0.8-5L_`, `_none-10L_`
+CONFIG_NAME_HOOK = re.compile(r'_(?P<method>none|svd|hosvd)(?:-(?P<eps>[0-9.]+))?-(?P<count>[0-9]+)L_')
+
+
+def assert_name_matches_hook(config, hooks):
+    """A config named for a method, threshold and layer set has exactly that hook; a calibration config
+    trains conv_seg alone and a head config the decode head alone, uncompressed; any other config (vanilla
+    training) has no hook."""
+    name = osp.basename(config)
+    said = CONFIG_NAME_HOOK.search(name)
+    stage = '_calib-conv_seg_' in name or '_head-source_' in name
+    if said is None and not stage:
+        assert hooks == [], f'{name} names no method but has {hooks}'
+        return
+    assert len(hooks) == 1, f'{name} must have exactly one ActivationCompressionHook, has {hooks}'
+    hook = hooks[0]
+    if said is None:
+        assert hook['method'] == 'none', hook
+        if '_calib-conv_seg_' in name:
+            assert hook['layers'] == ['decode_head.conv_seg'], hook
+        else:
+            assert hook['layers'] and all(p.startswith('decode_head.') for p in hook['layers']), hook
+        return
+    assert hook.get('method', 'hosvd') == said['method'], (name, hook)
+    if said['eps'] is not None:
+        assert hook.get('explained_variance', 0.8) == float(said['eps']), (name, hook)
+    count = int(said['count'])
+    if hook.get('layers') is None:
+        assert hook['num_layers'] == count, (name, hook)
+    else:  # the paper's named layer sets: configs/_base_/layers/<model>.py's layers_<count>L
+        arch = '_'.join(name.split('_')[:2])
+        layer_sets = Config.fromfile(osp.join(REPO, 'configs', '_base_', 'layers', f'{arch}.py'))
+        assert hook['layers'] == layer_sets[f'layers_{count}L'], (name, hook)
+
+
+@pytest.mark.parametrize('name, hooks', [
+    ('m_r18_hosvd-0.9-10L_1xb8.py', [dict(method='hosvd', explained_variance=0.8, num_layers=10)]),
+    ('m_r18_svd-0.8-10L_1xb8.py', [dict(method='hosvd', explained_variance=0.8, num_layers=10)]),
+    ('m_r18_hosvd-0.8-5L_1xb8.py', [dict(method='hosvd', explained_variance=0.8, num_layers=10)]),
+    ('m_r18_none-10L_1xb8.py', []),
+    ('m_r18_1xb8-20k.py', [dict(method='hosvd', num_layers=10)]),
+    ('m_r18_calib-conv_seg_1k.py', [dict(method='none', layers=['decode_head.bottleneck.conv'])]),
+])
+def test_a_config_name_that_disagrees_with_its_hook_is_caught(name, hooks):
+    with pytest.raises(AssertionError):
+        assert_name_matches_hook(name, hooks)
+
+
 @pytest.mark.parametrize('config', ALL_CONFIGS, ids=lambda c: osp.relpath(c, osp.join(REPO, 'configs')))
 def test_every_config_builds_and_its_layers_exist(config):
     cfg, model = build_model_from_config(config)
     assert cfg.model.backbone.norm_cfg.type == 'BN'
     hooks = [h for h in cfg.get('custom_hooks', []) if h['type'] == 'ActivationCompressionHook']
-    assert len(hooks) <= 1
+    assert_name_matches_hook(config, hooks)
     if not hooks:
-        return
+        return  # a vanilla training config: checked above that its name asks for no hook
     args = {k: v for k, v in hooks[0].items() if k != 'type'}
     hook = ActivationCompressionHook(**args)
     paths = hook.prepare(model)
