@@ -8,7 +8,7 @@ MobileNetV2) and deep-copied per variant, so every variant starts from the same 
 1. ``vanilla``: ``method='none'``, the same layers fine-tuned, nothing compressed (the baseline);
 2. ``svd``: SVD, ε = the config's explained variance, ``lean_region`` on;
 3. ``hosvd``: HOSVD, ``lean_region`` on (the default: region BNs on batch statistics keep their input in
-   8 bits); ``hosvd-exact-bn``: the same with ``norm_input_bits=None`` (they keep it whole);
+   4 bits); ``hosvd-exact-bn``: the same with ``norm_input_bits=None`` (they keep it whole);
    ``hosvd-frozen-bn``: the same with ``freeze_region_norm_stats=True`` (region BNs keep nothing);
 4. ``hosvd-paper``: HOSVD with ``lean_region=False`` (the paper's accounting: only conv inputs compressed);
 5. ``vanilla+cp``: vanilla with the backbone's ``with_cp=True`` set in the model config (the same
@@ -65,7 +65,7 @@ VARIANTS = {
     'vanilla': (dict(method='none'), False, 'same layers fine-tuned, nothing compressed (baseline)'),
     'svd': (dict(method='svd', lean_region=True), False, 'SVD, lean region'),
     'hosvd': (dict(method='hosvd', lean_region=True), False,
-              'HOSVD, lean region (the default: region BNs on batch statistics keep their input in 8 bits)'),
+              'HOSVD, lean region (the default: region BNs on batch statistics keep their input in 4 bits)'),
     'hosvd-exact-bn': (dict(method='hosvd', lean_region=True, norm_input_bits=None), False,
                        'HOSVD, lean region, region BNs on batch statistics keep their input whole (exact)'),
     'hosvd-frozen-bn': (dict(method='hosvd', lean_region=True, freeze_region_norm_stats=True), False,

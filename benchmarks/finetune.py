@@ -38,15 +38,15 @@ FINETUNE = osp.join(CONFIGS, 'deeplabv3_mv2-d8_hosvd-0.8-10L_1xb8-100it_vocfinet
 DATA = 'data/finetune_voc'
 DATA_COMMAND = f'python tools/make_sample_voc.py --data finetune --out {DATA}'
 #: method key -> hook overrides of the fine-tuning config (method, explained variance, BN handling)
-#: (the hook's other defaults apply: region BNs on batch statistics keep their input in 8 bits).
+#: (the hook's other defaults apply: region BNs on batch statistics keep their input in 4 bits).
 #: The explained-variance and centring ablations were measured with region BNs keeping their input whole
-#: (norm_input_bits=None), before 8 bits became the default; the `region BNs keep` column says so.
+#: (norm_input_bits=None), before 4 bits became the default; the `region BNs keep` column says so.
 METHODS = {
     'none': dict(method='none'),
     'hosvd-0.8': dict(method='hosvd', explained_variance=0.8),
-    # the region's BNs on batch statistics keep their input whole (exact), or in 4 or 2 bits
+    # the region's BNs on batch statistics keep their input whole (exact), or in 8 or 2 bits
     'hosvd-0.8-exact-bn': dict(method='hosvd', explained_variance=0.8, norm_input_bits=None),
-    'hosvd-0.8-bn4': dict(method='hosvd', explained_variance=0.8, norm_input_bits=4),
+    'hosvd-0.8-bn8': dict(method='hosvd', explained_variance=0.8, norm_input_bits=8),
     'hosvd-0.8-bn2': dict(method='hosvd', explained_variance=0.8, norm_input_bits=2),
     'svd-0.9': dict(method='svd', explained_variance=0.9, norm_input_bits=None),
     'hosvd-0.7': dict(method='hosvd', explained_variance=0.7, norm_input_bits=None),

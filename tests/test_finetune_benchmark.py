@@ -46,8 +46,8 @@ def test_summarise_gains_over_seeds_and_ratios_to_vanilla():
 
 def test_region_bns_keep_follows_the_hook_options():
     keep = {key: finetune.region_bns_keep(overrides) for key, overrides in finetune.METHODS.items()}
-    assert keep['none'] == 'input whole' and keep['hosvd-0.8'] == 'input in 8 bits'
-    assert keep['hosvd-0.8-exact-bn'] == 'input whole' and keep['hosvd-0.8-bn4'] == 'input in 4 bits'
+    assert keep['none'] == 'input whole' and keep['hosvd-0.8'] == 'input in 4 bits'
+    assert keep['hosvd-0.8-exact-bn'] == 'input whole' and keep['hosvd-0.8-bn8'] == 'input in 8 bits'
     assert keep['hosvd-0.8-frozen-bn'] == keep['hosvd-0.8-precise-bn'] == 'nothing (running statistics)'
     assert finetune.region_bns_keep(dict(method='hosvd', lean_region=False)) == 'input whole'
 

@@ -119,7 +119,7 @@ def test_center_reaches_the_compressed_convs(deeplab):
 
 def test_summary_says_what_each_region_bn_normalises_with_and_keeps(deeplab):
     import copy
-    cases = ((dict(), 'batch', 'its input in 8 bits per element (approximate gradients)'),
+    cases = ((dict(), 'batch', 'its input in 4 bits per element (approximate gradients)'),
              (dict(norm_input_bits=None), 'batch', 'its input whole (exact input and affine gradients)'),
              (dict(norm_input_bits=2), 'batch', 'its input in 2 bits per element'),
              (dict(freeze_region_norm_stats=True, precise_norm_batches=4),

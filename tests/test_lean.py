@@ -687,9 +687,9 @@ def test_lean_region_of_a_segmentor_keeps_only_factors_and_masks(config):
         'PackedMaskReLUFunctionBackward'}
 
 
-def test_region_bns_on_batch_statistics_keep_their_input_in_8_bits_by_default():
+def test_region_bns_on_batch_statistics_keep_their_input_in_4_bits_by_default():
     """Without freeze_region_norm_stats the region's trainable BNs train on batch statistics, as the
-    config says: they keep their input in 8 bits by default, a quarter of what stock BN keeps (the
+    config says: they keep their input in 4 bits by default, an eighth of what stock BN keeps (the
     whole float32 input, as with norm_input_bits=None), while norm_eval BNs keep nothing."""
     from conftest import REPO, build_model_from_config
     from mmseg_actcomp.hooks import ActivationCompressionHook
@@ -697,12 +697,13 @@ def test_region_bns_on_batch_statistics_keep_their_input_in_8_bits_by_default():
     x = low_rank_activation((2, 3, 64, 64), components=12, noise=0.5)
     kept, whole = 'QuantizedInputBatchNormFunctionBackward', 'NativeBatchNormBackward0'
     region_bn = {}
-    for norm_input_bits in (8, None):
+    for norm_input_bits in ('default', None):
         cfg, model = build_model_from_config(
             f'{REPO}/configs/sample/deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py')
         options = {k: v for k, v in cfg.custom_hooks[0].items() if k != 'type'}
+        assert 'norm_input_bits' not in options
         if norm_input_bits is None:
-            options['norm_input_bits'] = None  # the default is 8
+            options['norm_input_bits'] = None
         hook = ActivationCompressionHook(**options)
         paths = hook.prepare(model)
         model.train()
@@ -713,6 +714,6 @@ def test_region_bns_on_batch_statistics_keep_their_input_in_8_bits_by_default():
         assert 'ReluBackward0' not in region
         assert (kept in region, whole in region) == ((True, False) if norm_input_bits else (False, True))
         region_bn[norm_input_bits] = region[kept if norm_input_bits else whole]
-    # 8 bits for float32: a quarter, plus per BN its plane ranges and batch statistics (kilobytes)
-    bytes_8, bytes_whole = region_bn[8]['bytes'], region_bn[None]['bytes']
-    assert bytes_whole / 4 < bytes_8 < bytes_whole / 4 + region_bn[None]['saves'] * 16 * 1024
+    # 4 bits for float32: an eighth, plus per BN its plane ranges and batch statistics (kilobytes)
+    bytes_4, bytes_whole = region_bn['default']['bytes'], region_bn[None]['bytes']
+    assert bytes_whole / 8 < bytes_4 < bytes_whole / 8 + region_bn[None]['saves'] * 16 * 1024

@@ -64,9 +64,9 @@ class ActivationCompressionHook(Hook):
             statistics (the config's default) keeps its input quantized to this many bits per element
             (one range per sample and channel; 1, 2, 4 or 8) instead of whole: its input and gamma
             gradients are then those of an input within half a quantization step of the true one.
-            None keeps the input whole (exact gradients, 4x the bytes of 8 bits in float32). Its effect
-            on learning: the ``hosvd-0.8`` (8 bits) and ``hosvd-0.8-exact-bn`` (None) rows of
-            docs/finetune.md. Defaults to 8.
+            None keeps the input whole (exact gradients, 8x the bytes of 4 bits in float32). Its effect
+            on learning: the ``hosvd-0.8`` (4 bits), ``-bn8``, ``-bn2`` and ``-exact-bn`` (None) rows of
+            docs/finetune.md. Defaults to 4.
         freeze_region_norm_stats (bool): with ``lean_region``, run the region's BNs on their running
             statistics in training too (as ``norm_eval`` does for a backbone), so that they keep
             nothing of their input. This changes the forward (its effect on learning: the
@@ -93,7 +93,7 @@ class ActivationCompressionHook(Hook):
                  freeze_others: bool = True, lean_region: bool = True,
                  freeze_region_norm_stats: bool = False, require_load_from: bool = False,
                  center: bool = True, precise_norm_batches: int = 0,
-                 norm_input_bits: Optional[int] = 8) -> None:
+                 norm_input_bits: Optional[int] = 4) -> None:
         if method not in CONV_TYPES:
             raise ValueError(f'ActivationCompressionHook: method={method!r} is not allowed; '
                              f'use one of {sorted(CONV_TYPES)}')
