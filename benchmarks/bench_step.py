@@ -188,10 +188,16 @@ def _variant_figures(name: str, report: dict, times: List[float]) -> dict:
 
 
 def _targets(variants: Dict[str, dict], min_region_reduction: float = MIN_REGION_REDUCTION) -> List[dict]:
-    """The issue's three targets for the HOSVD variant, each with its measured ratio and verdict."""
+    """The issue's three targets for the HOSVD variant, each with its measured ratio and verdict.
+
+    A storage saved both inside and outside the region counts in the region; once the region keeps it no
+    more (e.g. the input a frozen auxiliary head also saves) it shows up in the rest. So that moving it
+    cannot pass the target, whatever the rest keeps above vanilla's rest counts as HOSVD's region.
+    """
     base, hosvd = variants[BASELINE], variants[TARGET_VARIANT]
     time_ratio = _ratio(hosvd['step_median_s'], base['step_median_s'])
-    region = hosvd['measured_bytes']['region']
+    moved = max(0, hosvd['measured_bytes'].get('rest', 0) - base['measured_bytes'].get('rest', 0))
+    region = hosvd['measured_bytes']['region'] + moved
     over_estimate = _ratio(region, hosvd['estimate_bytes'])
     reduction = _ratio(base['measured_bytes']['region'], region)
     return [
