@@ -216,6 +216,56 @@ def test_a_flat_spectrum_falls_back_to_the_full_eigendecomposition():
     assert rank_from_explained_variance(values, 0.8, rtol) == exact
 
 
+def _failing(real, when):
+    """``real`` (a torch.linalg solver) raising LinAlgError for the calls ``when(matrix)`` selects."""
+    def solver(matrix, *args, **kwargs):
+        if when(matrix):
+            raise torch.linalg.LinAlgError(f'{real.__name__}: failed to converge (test)')
+        return real(matrix, *args, **kwargs)
+    return solver
+
+
+@pytest.mark.parametrize('fails', ['float32 eigh', 'every eigh'])
+def test_a_failed_eigendecomposition_falls_back_and_keeps_the_exact_subspace(fails, monkeypatch):
+    """eigh failing in float32 is retried in float64; failing in every dtype, an SVD of the Gram answers.
+    Both give the ranks and the subspace of the unpatched solver."""
+    x = low_rank_activation((4, 700, 6, 6), components=12, noise=0.3, seed=2)  # a 700 channel Gram
+    expected = hosvd(x, 0.8)
+    when = {'float32 eigh': lambda m: m.dtype == torch.float32, 'every eigh': lambda m: True}[fails]
+    monkeypatch.setattr(torch.linalg, 'eigh', _failing(torch.linalg.eigh, when))
+    tucker = hosvd(x, 0.8)
+    assert tucker.ranks == expected.ranks
+    for ours, theirs in zip(tucker.factors, expected.factors):
+        torch.testing.assert_close(ours @ ours.mT, theirs @ theirs.mT, atol=1e-4, rtol=0)
+
+
+def test_every_solver_failing_raises_a_decomposition_error(monkeypatch):
+    from mmseg_actcomp.compression import DecompositionError
+    monkeypatch.setattr(torch.linalg, 'eigh', _failing(torch.linalg.eigh, lambda m: True))
+    monkeypatch.setattr(torch.linalg, 'svd', _failing(torch.linalg.svd, lambda m: True))
+    with pytest.raises(DecompositionError, match=r'no eigen-solver converged on a \(\d+, \d+\) Gram matrix: '
+                                                 r'eigh in torch.float\d+: .*svd in torch.float64'):
+        hosvd(low_rank_activation((2, 6, 5, 5)), 0.8)
+
+
+def test_a_degenerate_gram_larger_than_1024():
+    """A post-ReLU-like activation with 1100 channels of which 400 are dead and 300 repeat others (equal
+    eigenvalues, a rank-deficient Gram): the ranks keep eps of the energy, the factor is orthonormal and
+    zero on the dead channels."""
+    g = torch.Generator().manual_seed(9)
+    live = torch.relu(low_rank_activation((3, 400, 20, 20), components=30, noise=0.3, seed=9))
+    x = torch.cat([live, live[:, :300], torch.zeros(3, 400, 20, 20)], dim=1)[:, torch.randperm(1100, generator=g)]
+    for eps in (0.8, 0.95):
+        for mode, factor in zip((0, 1, 2, 3), hosvd(x, eps).factors):
+            matrix = unfold(x.double(), mode)
+            captured = (factor.double().mT @ matrix).square().sum() / matrix.square().sum()
+            assert captured >= eps - 1e-5
+            torch.testing.assert_close(factor.mT @ factor, torch.eye(factor.shape[1]), atol=1e-4, rtol=0)
+        channel = hosvd(x, eps).factors[1]
+        dead = x.square().sum((0, 2, 3)) == 0
+        assert dead.sum() == 400 and torch.equal(channel[dead], torch.zeros_like(channel[dead]))
+
+
 @pytest.mark.parametrize('method', ['svd', 'hosvd'])
 def test_factors_orthonormal_and_core_is_projection(method):
     x = low_rank_activation((5, 8, 7, 6), seed=3)
@@ -296,9 +346,12 @@ def test_non_finite_activation_raises_naming_it(method, bad, shape):
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_half_precision_stores_input_dtype(dtype):
+    """Factors in the input's dtype; the core too, but float32 for float16 (it holds the input's norm,
+    which can pass float16's 65504 while every element fits)."""
     x = low_rank_activation((4, 8, 6, 5), seed=6, dtype=dtype)
     tucker = hosvd(x, 0.8)
-    assert all(t.dtype == dtype for t in tucker.tensors)
+    assert tucker.core.dtype == (torch.float32 if dtype == torch.float16 else dtype)
+    assert all(u.dtype == dtype for u in tucker.factors)
     # The decomposition itself runs in float32 on the same values.
     assert tucker.ranks == hosvd(x.float(), 0.8).ranks
     torch.testing.assert_close(reconstruct(tucker).float(), reconstruct(hosvd(x.float(), 0.8)),

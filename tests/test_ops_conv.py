@@ -1,5 +1,6 @@
 """Tests of mmseg_actcomp.ops: the compressed convolution's gradients, records, layer API and registry."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -209,12 +210,22 @@ def test_half_precision_input(layer_cls, dtype):
     conv, layer = make_pair(layer_cls, CONV_CASES['3x3'], 1.0, dtype=dtype)
     x = low_rank_activation((4, 4, 8, 7), dtype=dtype)
     ours, saved = saved_tensors(lambda: grads(layer, x))
-    assert all(t.dtype == dtype for t in non_parameter(saved, layer))
+    # at eps 1 no decomposition is smaller than this input: it is kept itself
+    assert layer.last_kept_whole and [t.dtype for t in non_parameter(saved, layer)] == [dtype]
     for mine, theirs in zip(ours, grads(conv, x)):
         assert mine.dtype == dtype
         assert_close_in_norm(mine, theirs, rtol=2e-2)
     layer.explained_variance = 0.8
     assert all(torch.isfinite(g).all() for g in grads(layer, x))
+    # float16 keeps the core (which holds the input's norm) in float32, against overflow
+    _, saved = saved_tensors(lambda: grads(layer, x))
+    kept = non_parameter(saved, layer)
+    if layer_cls is SVDConv2d and layer.last_kept_whole:  # 4 samples: a rank-4 SVD is no smaller
+        assert [t.dtype for t in kept] == [dtype]
+        return
+    assert not layer.last_kept_whole and len(kept) == 1 + len(METHODS[layer_cls.method])
+    assert kept[0].dtype == (torch.float32 if dtype == torch.float16 else dtype)
+    assert all(t.dtype == dtype for t in kept[1:])
 
 
 @pytest.mark.parametrize('layer_cls', LAYERS)
@@ -296,6 +307,71 @@ def test_plain_convolution_when_no_weight_gradient_is_needed(layer_cls, situatio
     assert layer.last_ranks is None
     if situation == 'frozen_weight':
         assert torch.equal(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0])
+
+
+@pytest.mark.parametrize('layer_cls', LAYERS)
+def test_frozen_weight_keeps_nothing_of_the_input(layer_cls):
+    """Its input still needs a gradient (exact, from the weight alone), so a plain conv would keep the
+    input; the compressed layer keeps only its weight."""
+    conv, layer = make_pair(layer_cls, CONV_CASES['3x3'], 0.8)
+    conv.weight.requires_grad_(False)
+    x = low_rank_activation((3, 4, 6, 5)).requires_grad_()
+
+    def input_and_bias_grads(module):
+        out = module(x)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        return torch.autograd.grad(out, [x, module.bias], g)
+    (ours, saved), theirs = saved_tensors(lambda: input_and_bias_grads(layer)), input_and_bias_grads(conv)
+    assert non_parameter(saved, layer) == [] and saved  # the weight alone
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours[1], theirs[1])
+
+
+@pytest.mark.parametrize('layer_cls', LAYERS)
+def test_a_solver_failure_keeps_the_input_for_the_step_and_warns_once(layer_cls, monkeypatch):
+    from mmseg_actcomp.ops.convert import compression_stats
+
+    def fail(*args, **kwargs):
+        raise torch.linalg.LinAlgError('linalg.eigh: The algorithm failed to converge (test)')
+    monkeypatch.setattr(torch.linalg, 'eigh', fail)
+    monkeypatch.setattr(torch.linalg, 'svd', fail)
+    conv, layer = make_pair(layer_cls, CONV_CASES['3x3'], 0.8)
+    layer.layer_name = 'decode_head.bottleneck.conv'
+    x = low_rank_activation((3, 4, 6, 5))
+    with pytest.warns(RuntimeWarning, match=r'decode_head.bottleneck.conv: no eigen-solver converged .*'
+                                            r'keeping its input uncompressed'):
+        ours, saved = saved_tensors(lambda: grads(layer, x))
+    assert layer.last_kept_whole and layer.last_kept_bytes == layer.last_vanilla_bytes == x.numel() * 4
+    assert sum(t.numel() * t.element_size() for t in non_parameter(saved, layer)) == x.numel() * 4
+    for mine, theirs in zip(ours, grads(conv, x)):  # the input itself: the exact gradients
+        torch.testing.assert_close(mine, theirs)
+    assert compression_stats({'conv': layer})['kept_whole'] == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # once: no second warning
+        grads(layer, x)
+
+
+@pytest.mark.parametrize('layer_cls', LAYERS)
+def test_float16_autocast_with_an_input_norm_above_float16s_range(layer_cls):
+    """Every element fits in float16 but ||x||_F > 65504: the core would overflow in float16 (it holds the
+    norm); kept in float32, the weight gradient is finite and vanilla float16's."""
+    conv, layer = make_pair(layer_cls, CONV_CASES['3x3'], 1.0)
+    x = torch.rand(4, 4, 32, 32, generator=torch.Generator().manual_seed(0)) * 1000
+    assert x.norm() > 65504 and x.abs().max() <= 1000
+    results = []
+    for module in (conv, layer):
+        module.zero_grad()
+        with torch.autocast('cpu', dtype=torch.float16):
+            out = module(x)
+        (out.float() * 1e-3).sum().backward()
+        results.append(module.weight.grad)
+    assert torch.isfinite(results[1]).all()
+    assert_close_in_norm(results[1], results[0], rtol=2e-2)
+    layer.explained_variance = 0.8
+    layer.zero_grad()
+    with torch.autocast('cpu', dtype=torch.float16):
+        (layer(x).float() * 1e-3).sum().backward()
+    assert torch.isfinite(layer.weight.grad).all()
 
 
 @pytest.mark.parametrize('layer_cls', LAYERS)

@@ -46,6 +46,11 @@ _OVERSAMPLING = 8
 _POWER_ITERATIONS = 2
 
 
+class DecompositionError(RuntimeError):
+    """Raised when every eigen-solver failed on a Gram matrix (float32 and float64 ``eigh``, then an
+    SVD): callers that can do without the decomposition (a layer keeping its input whole) catch it."""
+
+
 class NonFiniteActivationError(FloatingPointError):
     """Raised when an activation to compress holds NaN or Inf: its spectrum, hence its ranks, are
     undefined, and storing it compressed would silently turn the weight gradient into garbage."""
@@ -146,15 +151,37 @@ class _Spectrum(NamedTuple):
     basis: Callable[[int], Tensor]  # rank r -> the leading r left singular vectors (I_n, r)
 
 
+def _symmetric_eigh(gram: Tensor) -> Tuple[Tensor, Tensor]:
+    """Eigenvalues ``(m,)`` descending and eigenvectors ``(m, m)`` of a symmetric PSD ``gram`` in its dtype,
+    by ``eigh``; where LAPACK's ``eigh`` does not converge (seen on a float32 2560-channel Gram with a
+    thousand dead channels, single-threaded), again in float64, then by an SVD (for a PSD matrix its
+    singular values and left vectors are the eigenpairs), then :class:`DecompositionError`."""
+    errors = []
+    for dtype in dict.fromkeys((gram.dtype, torch.float64)):
+        try:
+            values, vectors = torch.linalg.eigh(gram.to(dtype))
+            return values.flip(0).to(gram.dtype), vectors.flip(1).to(gram.dtype)
+        except RuntimeError as e:  # torch.linalg.LinAlgError is one
+            errors.append(f'eigh in {dtype}: {e}')
+    try:
+        vectors, values, _ = torch.linalg.svd(gram.double())
+        return values.to(gram.dtype), vectors.to(gram.dtype)
+    except RuntimeError as e:
+        errors.append(f'svd in torch.float64: {e}')
+    raise DecompositionError(f'no eigen-solver converged on a {tuple(gram.shape)} Gram matrix: '
+                             + '; '.join(errors))
+
+
 def _eigh_descending(gram: Tensor, device: torch.device) -> Tuple[Tensor, Tensor, float]:
     """Eigenvalues ``(m,)`` descending, eigenvectors ``(m, m)`` and the eigenvalues' relative rounding
-    floor, of a symmetric Gram ``(m, m)``; float64 up to ``_FLOAT64_SPECTRUM_MAX_SIZE``."""
+    floor, of a symmetric Gram ``(m, m)``; float64 up to ``_FLOAT64_SPECTRUM_MAX_SIZE``
+    (:func:`_symmetric_eigh`, with its fallbacks)."""
     size = gram.shape[0]
     spectral_dtype = torch.float64 if size <= _FLOAT64_SPECTRUM_MAX_SIZE else gram.dtype
     with single_cpu_thread(device):
-        eigenvalues, vectors = torch.linalg.eigh(gram.to(spectral_dtype))
+        eigenvalues, vectors = _symmetric_eigh(gram.to(spectral_dtype))
     # The Gram is only as accurate as the dtype it was accumulated in.
-    return eigenvalues.flip(0), vectors.flip(1), size * torch.finfo(gram.dtype).eps
+    return eigenvalues, vectors, size * torch.finfo(gram.dtype).eps
 
 
 def _leading_eigh(gram: Tensor, explained_variance: float,
@@ -282,14 +309,15 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
             by the raw energy then collapse to about 1 and keep little besides the mean.
 
     Returns:
-        :class:`Tucker` whose core and factors have the dtype and device of ``x``. The decomposition
-        itself runs in float32 (float64 for float64 inputs or ``eps = 1``), autocast or not. Its factors
-        are orthonormal.
+        :class:`Tucker` whose core and factors have the dtype and device of ``x`` (the core float32 for a
+        float16 ``x``: it holds the input's norm). The decomposition itself runs in float32 (float64 for
+        float64 inputs or ``eps = 1``), autocast or not. Its factors are orthonormal.
 
     Raises:
         ValueError: ``explained_variance`` outside ``(0, 1]``, ``x`` empty, or ``center`` for a tensor
             that is not 4-d.
         NonFiniteActivationError: ``x`` holds NaN or Inf.
+        DecompositionError: no eigen-solver converged on one of its Gram matrices (after the fallbacks).
     """
     explained_variance = validate_explained_variance(explained_variance)
     if x.numel() == 0:
@@ -306,7 +334,11 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
         tucker = Tucker(core, tuple(bases.get(n) for n in range(x.dim())))
         if mean is not None:
             tucker = add_channel_mean(tucker, mean)
-    return Tucker(tucker.core.to(x.dtype), tuple(None if u is None else u.to(x.dtype) for u in tucker.factors))
+    # The core carries the input's whole norm (the factors are orthonormal): in float16, whose largest
+    # value is 65504, it overflows for an input of norm above that although every element fits. It stays
+    # in float32 then; the factors (entries at most 1) take the input's dtype.
+    core_dtype = torch.float32 if x.dtype == torch.float16 else x.dtype
+    return Tucker(tucker.core.to(core_dtype), tuple(None if u is None else u.to(x.dtype) for u in tucker.factors))
 
 
 def add_channel_mean(tucker: Tucker, mean: Tensor) -> Tucker:

@@ -78,12 +78,14 @@ def mode_product(x: Tensor, matrix: Tensor, mode: int) -> Tensor:
 
     Args:
         x: tensor of shape ``(I_1, ..., I_n, ..., I_N)``.
-        matrix: ``(J, I_n)``, same dtype as ``x``.
+        matrix: ``(J, I_n)``, computed in ``x``'s dtype (a float16 decomposition's factors meet its
+            float32 core).
         mode: the mode ``n`` (0-based).
 
     Returns:
-        Tensor of shape ``(I_1, ..., J, ..., I_N)``, contiguous.
+        Tensor of shape ``(I_1, ..., J, ..., I_N)``, contiguous, ``x``'s dtype.
     """
+    matrix = matrix.to(x.dtype)
     p, i, q = _split_sizes(x.shape, mode)
     out_shape = x.shape[:mode] + (matrix.shape[0],) + x.shape[mode + 1:]
     if q == 1:
@@ -111,7 +113,7 @@ def multi_mode_product(x: Tensor, matrices: Mapping[int, Tensor]) -> Tensor:
 
     Args:
         x: tensor of shape ``(I_1, ..., I_N)``.
-        matrices: ``{n: M_n}`` with ``M_n`` of shape ``(J_n, I_n)``, same dtype as ``x``.
+        matrices: ``{n: M_n}`` with ``M_n`` of shape ``(J_n, I_n)``, computed in ``x``'s dtype.
 
     Returns:
         Tensor whose size along each mode ``n`` in ``matrices`` is ``J_n`` (``x`` itself if empty).

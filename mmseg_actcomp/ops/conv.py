@@ -4,13 +4,16 @@
 mmcv's ``build_conv_layer`` searches from any scope, so ``conv_cfg=dict(type='HOSVDConv2d',
 explained_variance=0.8)`` works in mmseg configs.
 """
+import warnings
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from ..compression import METHODS, Tucker, compress, multi_mode_product, validate_explained_variance
+from ..compression import (METHODS, DecompositionError, Tucker, compress, multi_mode_product,
+                           validate_explained_variance)
 from .functional import compressed_conv2d
+from .lean import frozen_weight_conv2d
 
 
 def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
@@ -28,8 +31,9 @@ class CompressedConv2d(nn.Conv2d):
     ``mmseg_actcomp.compression.METHODS``). Parameters and state-dict keys are those of ``nn.Conv2d``.
 
     Compression happens only when the weight gradient is wanted: in training mode, with grad enabled and
-    ``weight.requires_grad``. Otherwise (eval, ``torch.no_grad()``, frozen weight) the layer is exactly
-    ``nn.Conv2d.forward``, since without a weight gradient nothing of the input needs keeping.
+    ``weight.requires_grad``. Otherwise nothing of the input needs keeping: in eval mode or under
+    ``torch.no_grad()`` the layer is exactly ``nn.Conv2d.forward``; with a frozen weight whose input still
+    needs a gradient it keeps only the weight (as :class:`~mmseg_actcomp.ops.LeanConv2d`).
     Input and bias gradients are always exact; the weight gradient is that of the reconstruction.
 
     Padding: numeric symmetric zero padding is passed to the convolution, so the unpadded input is
@@ -41,6 +45,9 @@ class CompressedConv2d(nn.Conv2d):
     Non-finite inputs: an input holding NaN or Inf raises
     :class:`mmseg_actcomp.compression.NonFiniteActivationError` naming ``layer_name`` (no fallback to
     storing the input: its ranks are undefined and the divergence should surface where it happens).
+    Solver failures: where no eigen-solver converges on one of the input's Gram matrices (after the
+    float64 and SVD fallbacks, :class:`~mmseg_actcomp.compression.DecompositionError`), the layer keeps its
+    input whole for that step, as ``nn.Conv2d`` does, and warns once naming ``layer_name``: training goes on.
 
     Attributes set by each compressing forward (None before the first):
         last_ranks: ``(k,)`` for SVD, ``(r1, r2, r3, r4)`` for HOSVD.
@@ -51,6 +58,8 @@ class CompressedConv2d(nn.Conv2d):
         last_vanilla_bytes: ``B*C*H*W`` times the element size: what ``nn.Conv2d`` would keep.
         last_kept_energy: ``||x_hat||^2 / ||x||^2`` (0-dim tensor): the part of the input's energy the
             weight gradient sees.
+        last_kept_whole: whether the input itself was kept (no smaller decomposition, or no solver
+            converged).
 
     Args:
         Those of ``nn.Conv2d``, then
@@ -82,6 +91,8 @@ class CompressedConv2d(nn.Conv2d):
         self.last_kept_bytes: Optional[int] = None
         self.last_vanilla_bytes: Optional[int] = None
         self.last_kept_energy: Optional[Tensor] = None
+        self.last_kept_whole: Optional[bool] = None
+        self._warned_solver_failure = False
 
     @property
     def explained_variance(self) -> float:
@@ -122,6 +133,12 @@ class CompressedConv2d(nn.Conv2d):
         mode = 'constant' if self.padding_mode == 'zeros' else self.padding_mode
         return nn.functional.pad(x, self._reversed_padding_repeated_twice, mode=mode), (0, 0)
 
+    def _warn_solver_failure(self, error: DecompositionError) -> None:
+        if not self._warned_solver_failure:
+            warnings.warn(f'{self.layer_name}: {error}; keeping its input uncompressed for the steps where '
+                          'this happens (warned once)', RuntimeWarning, stacklevel=3)
+            self._warned_solver_failure = True
+
     def _record(self, tucker: Tucker, x: Tensor) -> None:
         self.last_ranks = tucker.ranks
         self.last_input_shape = tuple(x.shape)
@@ -139,7 +156,9 @@ class CompressedConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         """x: ``(B, C, H, W)`` or unbatched ``(C, H, W)``; returns ``(B, O, H', W')`` (resp. unbatched)."""
         if not self._compresses(x):
-            return super().forward(x)
+            if self.weight.requires_grad or not torch.is_grad_enabled():
+                return super().forward(x)
+            return frozen_weight_conv2d(self, x)
         if x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
         weight, bias = self.weight, self.bias
@@ -148,13 +167,19 @@ class CompressedConv2d(nn.Conv2d):
             x, weight = x.to(cast_dtype), weight.to(cast_dtype)
             bias = None if bias is None else bias.to(cast_dtype)
         x, padding = self._explicit_padding(x)
-        tucker = compress(x, self.explained_variance, METHODS[self.method], name=self.layer_name,
-                          center=self.center)
+        whole = Tucker(x.detach(), (None,) * x.dim())
+        try:
+            tucker = compress(x, self.explained_variance, METHODS[self.method], name=self.layer_name,
+                              center=self.center)
+        except DecompositionError as e:
+            self._warn_solver_failure(e)
+            tucker = whole
         self._record(tucker, x)
-        if tucker.nbytes >= self.last_vanilla_bytes:
-            # Ranks (nearly) full on a small input: the decomposition would keep no less than the input
-            # itself, so keep the input, as a plain conv does, and the weight gradient is exact.
-            tucker = Tucker(x.detach(), (None,) * x.dim())
+        self.last_kept_whole = tucker is whole or tucker.nbytes >= self.last_vanilla_bytes
+        if self.last_kept_whole:
+            # Ranks (nearly) full on a small input, or no solver converged: keep the input, as a plain
+            # conv does (never more than that), and the weight gradient is exact.
+            tucker = whole
             self.last_kept_bytes, self.last_kept_energy = tucker.nbytes, x.new_ones((), dtype=torch.float32)
         return compressed_conv2d(x, weight, bias, tucker, self.stride, padding, self.dilation,
                                  self.groups)

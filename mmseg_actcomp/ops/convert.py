@@ -97,9 +97,10 @@ def freeze_all_but(model: nn.Module, trainable: Iterable[nn.Module]) -> List[str
 
 
 def compression_stats(layers: Dict[str, nn.Module]) -> Optional[Dict[str, float]]:
-    """Mean rank per mode, total kept / vanilla bytes and the mean fraction of input energy kept
-    (``kept_energy``: ``||core||^2 / ||x||^2``, what the weight gradient sees) of the last compression of
-    ``layers``, or None if none of them is a compressed layer that has compressed yet."""
+    """Mean rank per mode, total kept / vanilla bytes, the mean fraction of input energy kept
+    (``kept_energy``: ``||core||^2 / ||x||^2``, what the weight gradient sees) and the number of layers
+    that kept their input whole (``kept_whole``) of the last compression of ``layers``, or None if none
+    of them is a compressed layer that has compressed yet."""
     recorded = [m for m in layers.values() if isinstance(m, CompressedConv2d) and m.last_ranks is not None]
     if not recorded:
         return None
@@ -113,4 +114,6 @@ def compression_stats(layers: Dict[str, nn.Module]) -> Optional[Dict[str, float]
     energies = [float(m.last_kept_energy) for m in recorded if m.last_kept_energy is not None]
     if energies:
         stats['kept_energy'] = sum(energies) / len(energies)
+    # layers that kept their input whole (no smaller decomposition, or no solver converged)
+    stats['kept_whole'] = float(sum(bool(m.last_kept_whole) for m in recorded))
     return stats

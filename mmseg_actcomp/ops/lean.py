@@ -469,21 +469,35 @@ class LeanConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``(B, C, H, W)`` or unbatched ``(C, H, W)``; returns ``(B, O, H', W')`` (resp. unbatched)."""
-        # Non-zero padding modes pad with F.pad first, whose reflect/replicate/circular backward keeps
-        # the input anyway; string padding has no numeric form for the input-gradient kernel.
-        if (self.weight.requires_grad or self.padding_mode != 'zeros' or isinstance(self.padding, str)
-                or not _grad_needed(x, self.bias)):
-            return super().forward(x)
-        if x.dim() == 3:
-            return self.forward(x.unsqueeze(0)).squeeze(0)
-        weight, bias = self.weight, self.bias
-        if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
-            # Cast as autocast casts a convolution, so that backward meets the dtypes forward used.
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
-        return compressed_conv2d(x, weight, bias, _NOTHING, self.stride, self.padding, self.dilation,
-                                 self.groups)
+        return frozen_weight_conv2d(self, x)
+
+
+def frozen_weight_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` keeping only the weight for backward while ``conv.weight`` is frozen (exact input and
+    bias gradients); ``nn.Conv2d.forward`` where that cannot help: a trainable weight, no gradient wanted,
+    string padding or a non-zero ``padding_mode``.
+
+    Args:
+        conv: any ``nn.Conv2d`` (its own ``forward`` is not called).
+        x: ``(B, C, H, W)`` or unbatched ``(C, H, W)``.
+
+    Returns:
+        ``(B, O, H', W')`` (resp. unbatched), what ``nn.Conv2d.forward`` returns.
+    """
+    # Non-zero padding modes pad with F.pad first, whose reflect/replicate/circular backward keeps the
+    # input anyway; string padding has no numeric form for the input-gradient kernel.
+    if (conv.weight.requires_grad or conv.padding_mode != 'zeros' or isinstance(conv.padding, str)
+            or not _grad_needed(x, conv.bias)):
+        return nn.Conv2d.forward(conv, x)
+    if x.dim() == 3:
+        return frozen_weight_conv2d(conv, x.unsqueeze(0)).squeeze(0)
+    weight, bias = conv.weight, conv.bias
+    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        # Cast as autocast casts a convolution, so that backward meets the dtypes forward used.
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    return compressed_conv2d(x, weight, bias, _NOTHING, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 # ------------------------------------------------------------------------------------------ pooling
