@@ -1,11 +1,11 @@
 # The two commands of the README:
 #   make demo   set up everything, then fine-tune a pretrained network with HOSVD and show what it learnt
-#   make test   set up everything, then run the test suite
+#   make test   set up everything, then run the test suite (make test-fast: the quick part, for editing)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SAMPLE_SEED ?= 0
 
-.PHONY: install sample-data finetune-data weights demo test
+.PHONY: install sample-data finetune-data weights demo test test-fast
 WEIGHTS := data/pretrained/mobilenet_v2_imagenet.pth
 install:
 	bash tools/install.sh
@@ -28,3 +28,7 @@ demo: finetune-data weights
 
 test: install
 	$(PY) -m pytest tests
+
+# while editing: the tests not marked slow (no subprocess, training run or whole-model build)
+test-fast: install
+	$(PY) -m pytest -m 'not slow' tests

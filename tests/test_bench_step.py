@@ -30,6 +30,7 @@ def run(sample_workspace, tmp_path_factory):
     return result, json_path, md_path
 
 
+@pytest.mark.slow
 def test_every_variant_has_a_row_and_vanilla_is_the_unit(run):
     result = run[0]['results'][0]
     assert list(result['variants']) == list(bench_step.VARIANTS)
@@ -44,6 +45,7 @@ def test_every_variant_has_a_row_and_vanilla_is_the_unit(run):
         assert measured['total'] == measured['region'] + measured['rest']
 
 
+@pytest.mark.slow
 def test_compression_keeps_less_and_targets_are_reported(run):
     result = run[0]['results'][0]
     variants = result['variants']
@@ -61,6 +63,7 @@ def test_compression_keeps_less_and_targets_are_reported(run):
     assert 'PackedMaskReLUFunctionBackward' in ops and 'CompressedConv2dFunctionBackward' in ops
 
 
+@pytest.mark.slow
 def test_files_hold_the_figures_and_the_command(run):
     _, json_path, md_path = run
     with open(json_path) as f:

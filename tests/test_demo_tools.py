@@ -10,6 +10,8 @@ from PIL import Image
 
 from conftest import REPO, build_model_from_config, run_tool
 
+pytestmark = pytest.mark.slow  # subprocesses and training runs: make test-fast skips them
+
 CONFIG = osp.join(REPO, 'configs', 'sample', 'deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py')
 
 

@@ -258,6 +258,7 @@ def test_a_config_name_that_disagrees_with_its_hook_is_caught(name, hooks):
         assert_name_matches_hook(name, hooks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config', ALL_CONFIGS, ids=lambda c: osp.relpath(c, osp.join(REPO, 'configs')))
 def test_every_config_builds_and_its_layers_exist(config):
     cfg, model = build_model_from_config(config)
@@ -284,6 +285,7 @@ def _changed_and_frozen(initial, trained, region):
     return changed, not_frozen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('algo', list(MODELS))
 def test_stock_train_py_fine_tunes_only_the_chosen_layers(algo, sample_workspace, tmp_path):
     arch = MODELS[algo]
@@ -316,6 +318,7 @@ def test_stock_train_py_fine_tunes_only_the_chosen_layers(algo, sample_workspace
         assert stock(torch.rand(1, 3, 64, 64), None, mode='tensor').shape[1] == 21
 
 
+@pytest.mark.slow
 def test_resume_continues_with_compression_and_test_py_evaluates(sample_workspace, tmp_path):
     config = sample_config('deeplabv3_r18-d8', 'hosvd-0.8-10L')
     work = tmp_path / 'work'
@@ -336,6 +339,7 @@ def test_resume_continues_with_compression_and_test_py_evaluates(sample_workspac
     assert re.search(r'Iter\(test\) \[8/8\].*mIoU: [\d.]+', out.stdout)
 
 
+@pytest.mark.slow
 def test_precise_norm_stats_are_estimated_once_at_the_start_not_on_resume(sample_workspace, tmp_path):
     """freeze_region_norm_stats with precise_norm_batches: the region's trainable BNs get statistics
     averaged over training batches before the first step, keep them while training (running statistics),
@@ -372,6 +376,7 @@ def test_precise_norm_stats_are_estimated_once_at_the_start_not_on_resume(sample
     assert 'resumed epoch: 0, iter: 2' in out.stdout and 'region BNs re-estimated over' not in out.stdout
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(sample_workspace, tmp_path):
     config = sample_config('deeplabv3_r18-d8', 'hosvd-0.8-10L')
     initial = initial_checkpoint('deeplabv3_r18-d8', tmp_path / 'init.pth')
@@ -390,6 +395,7 @@ def test_ddp_two_gloo_processes(sample_workspace, tmp_path):
     assert not torch.equal(trained['decode_head.conv_seg.weight'], initial['decode_head.conv_seg.weight'])
 
 
+@pytest.mark.slow
 def test_bf16_amp_on_cpu(sample_workspace, tmp_path):
     config = sample_config('deeplabv3_r18-d8', 'hosvd-0.8-10L')
     out = run_tool([osp.join(REPO, 'tests', 'helpers', 'cpu_amp_train.py'), config, '--work-dir', tmp_path / 'w',
@@ -409,6 +415,7 @@ def test_bf16_amp_on_cpu(sample_workspace, tmp_path):
     assert float(logged[0][2]) == pytest.approx(elements * 2 / 2**20, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_bad_hook_value_via_train_py_is_a_clear_error(tmp_path):
     out = run_tool([osp.join(REPO, 'tools', 'train.py'), sample_config('deeplabv3_r18-d8', 'hosvd-0.8-10L'),
                     '--work-dir', tmp_path / 'w', '--cfg-options', 'custom_hooks.0.method=tucker'], cwd=tmp_path)

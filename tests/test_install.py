@@ -3,6 +3,8 @@ import os.path as osp
 import re
 import subprocess
 
+import pytest
+
 from conftest import REPO
 
 
@@ -39,6 +41,7 @@ def test_setuptools_keeps_pkg_resources():
     assert cfg.model.backbone.depth == 18
 
 
+@pytest.mark.slow
 def test_install_step_is_idempotent():
     out = subprocess.run(['bash', osp.join(REPO, 'tools', 'install.sh')], capture_output=True, text=True,
                          timeout=300)

@@ -646,6 +646,7 @@ def test_make_lean_leaves_other_norms_and_the_root_alone():
 # --- integration prototype: the hook's region of a real segmentor ---------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config', [
     'deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it', 'pspnet_r18-d8_hosvd-0.8-10L_1xb2-20it',
     'fcn_r18-d8_hosvd-0.8-10L_1xb2-20it', 'upernet_r18_hosvd-0.8-10L_1xb2-20it',
@@ -687,6 +688,7 @@ def test_lean_region_of_a_segmentor_keeps_only_factors_and_masks(config):
         'PackedMaskReLUFunctionBackward'}
 
 
+@pytest.mark.slow
 def test_region_bns_on_batch_statistics_keep_their_input_in_4_bits_by_default():
     """Without freeze_region_norm_stats the region's trainable BNs train on batch statistics, as the
     config says: they keep their input in 4 bits by default, an eighth of what stock BN keeps (the

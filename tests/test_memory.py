@@ -197,6 +197,7 @@ def test_cpu_peak_counts_allocations_and_frees_in_time_order():
     assert 3 << 20 <= peak.peak_bytes < (3 << 20) + (64 << 10)
 
 
+@pytest.mark.slow
 def test_cpu_peak_of_a_sample_segmentor_falls_with_compression():
     """The step's CPU peak (not only what autograd keeps) is lower with the default HOSVD hook than with
     vanilla fine-tuning of the same 10 layers."""
@@ -262,6 +263,7 @@ def test_cli_rejects_bad_input(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_unreadable_checkpoint(sample_workspace, tmp_path, monkeypatch, capsys):
     checkpoint = tmp_path / 'broken.pth'
     checkpoint.write_text('not a checkpoint')
@@ -304,6 +306,7 @@ def test_cli_missing_data_points_to_the_sample_maker(tmp_path, monkeypatch, caps
     assert 'make_sample_voc.py' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_with_the_hook(sample_workspace, tmp_path):
     config = tmp_path / 'deeplabv3_hosvd.py'
     config.write_text(f'_base_ = [{SAMPLE_CONFIG!r}]\n'

@@ -92,6 +92,7 @@ def test_full_threshold_gradients_equal_conv2d(layer_cls, case):
     assert layer.last_ranks is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('layer_cls', LAYERS)
 @pytest.mark.parametrize('case', CONV_CASES.values(), ids=CONV_CASES.keys())
 def test_full_threshold_gradcheck_float64(layer_cls, case):

@@ -254,6 +254,7 @@ def test_features_match_torchvision_reference(src_state, converted, photo):
     assert len(set(top5) & set(tableware)) >= 2, top5
 
 
+@pytest.mark.slow
 def test_cli_writes_loadable_checkpoint(cli_checkpoint):
     from mmengine.runner.checkpoint import _load_checkpoint_with_prefix
     ckpt = torch.load(cli_checkpoint, map_location='cpu', weights_only=True)
@@ -264,6 +265,7 @@ def test_cli_writes_loadable_checkpoint(cli_checkpoint):
     MobileNetV2(**D8_STRIDES).load_state_dict(state, strict=True)
 
 
+@pytest.mark.slow
 def test_missing_weights_package_message(monkeypatch, tmp_path):
     real_find_spec = importlib.util.find_spec
 

@@ -43,6 +43,7 @@ def result(backbone_weights, sample_root):
                                   batch_size=2, sample_root=sample_root, checkpoint=backbone_weights)
 
 
+@pytest.mark.slow
 def test_tables_have_every_layer_for_both_networks(result):
     assert set(result['sources']) == {'photo', 'sample'}
     assert result['sources']['photo']['batch_shape'] == [1, 3, CROP, CROP]

@@ -84,6 +84,7 @@ def test_real_voc_photo_is_in_val_untouched(voc_root):
     assert set(np.unique(label).tolist()) - {255} == {0} | set(data['labels'].tolist())
 
 
+@pytest.mark.slow
 def test_deterministic_from_seed(tmp_path, voc_root):
     a = make_sample_voc.write_dataset(str(tmp_path / 'a'), seed=0)
     b = make_sample_voc.write_dataset(str(tmp_path / 'b'), seed=1)
@@ -103,6 +104,7 @@ def test_cli_rejects_bad_counts():
     assert out.returncode == 2 and '--num-train must be >= 1, got 0' in out.stderr
 
 
+@pytest.mark.slow
 def test_voc_aug_config_reads_it_with_only_data_root_changed(voc_root):
     """mmseg's VOC aug dataset settings (our 512x512 VOC config) load the sample unchanged but data_root."""
     from mmengine.config import Config

@@ -8,6 +8,8 @@ import torch
 
 from conftest import REPO, SAMPLE_CONFIG, run_tool
 
+pytestmark = pytest.mark.slow  # subprocesses and training runs: make test-fast skips them
+
 SHORT = ['--cfg-options', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
          'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1']
 
