@@ -423,3 +423,18 @@ def test_bad_hook_value_via_train_py_is_a_clear_error(tmp_path):
     assert "error: " in out.stdout and "method='tucker' is not allowed; use one of ['hosvd', 'none', 'svd']" \
         in out.stdout
     assert 'Traceback' not in out.stdout
+
+
+def test_a_model_whose_inference_cannot_be_traced_says_to_give_layers():
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            raise RuntimeError(f'no {mode} mode here')
+
+    with pytest.raises(ValueError, match=r"cannot trace .* \(give layers=\[\.\.\.\] instead\): "
+                                         r"mode='tensor' at 128x128: RuntimeError: no tensor mode here; "
+                                         r"mode='predict' at 128x128"):
+        ActivationCompressionHook(num_layers=1).prepare(Untraceable())

@@ -44,7 +44,8 @@ class ActivationCompressionHook(Hook):
             explaining this fraction of its energy. Ignored for ``'none'``. Defaults to 0.8.
         num_layers (int, optional): fine-tune the last N convolutions in the order the inference
             forward (``mode='tensor'``: backbone + decode head, classifier ``conv_seg`` included) runs
-            them, found by tracing. Auxiliary heads, dropped at inference, are never chosen.
+            them, found by tracing. Auxiliary heads, dropped at inference, are never chosen, nor convs
+            the model itself freezes (EMANet's bases).
         layers (list[str], optional): fine-tune exactly these conv module paths instead, e.g.
             ``['decode_head.conv_seg', 'decode_head.bottleneck.conv']``. Give one of ``num_layers`` and
             ``layers``.
@@ -158,7 +159,10 @@ class ActivationCompressionHook(Hook):
                 check_conv_path(model, p)
         else:
             try:
-                paths = select_last(trace_inference_convs(model), self.num_layers)
+                # a conv the model itself freezes (EMANet's EMA bases) is not one to fine-tune
+                trainable = [p for p in trace_inference_convs(model)
+                             if model.get_submodule(p).weight.requires_grad]
+                paths = select_last(trainable, self.num_layers)
             except ValueError as e:
                 raise ValueError(f'ActivationCompressionHook: {e}') from None
         swap_convs(model, paths, self.method, self.explained_variance, self.center)
@@ -280,21 +284,35 @@ class ActivationCompressionHook(Hook):
 
 
 def trace_inference_convs(model: nn.Module) -> List[str]:
-    """Conv paths of an mmseg segmentor in the order its inference forward (``mode='tensor'``) runs
-    them, traced without grad on a zero image of the preprocessor's size capped at 128x128 (the order
-    does not depend on the size; a 512x512 trace of UPerNet costs seconds on a CPU)."""
-    size = getattr(getattr(model, 'data_preprocessor', None), 'size', None) or (128, 128)
-    size = tuple(min(s, 128) for s in size)
+    """Conv paths of an mmseg segmentor in the order its inference forward runs them, traced without
+    grad on a zero image of the preprocessor's size capped at 128x128 (the order does not depend on the
+    size; a 512x512 trace of UPerNet costs seconds on a CPU).
+
+    ``mode='tensor'`` first; ``mode='predict'`` where mmseg's tensor mode does not run (PointRend's
+    cascade), and the preprocessor's full size where 128x128 is too small (LRASPP's 49x49 pooling).
+    """
+    full = tuple(getattr(getattr(model, 'data_preprocessor', None), 'size', None) or (128, 128))
+    capped = tuple(min(s, 128) for s in full)
+    attempts = [(capped, 'tensor'), (capped, 'predict')]
+    if full != capped:
+        attempts += [(full, 'tensor'), (full, 'predict')]
     param = next(model.parameters())
-    image = torch.zeros(1, 3, *size, device=param.device, dtype=param.dtype)
     modes = {m: m.training for m in model.modules()}
     model.eval()
+    errors = []
     try:
-        with torch.no_grad():
-            return trace_conv_order(model, lambda: model(image, None, mode='tensor'))
+        for size, mode in attempts:
+            image = torch.zeros(1, 3, *size, device=param.device, dtype=param.dtype)
+            try:
+                with torch.no_grad():
+                    return trace_conv_order(model, lambda: model(image, None, mode=mode))
+            except (RuntimeError, TypeError, ValueError, IndexError) as e:
+                errors.append(f"mode='{mode}' at {size[0]}x{size[1]}: {type(e).__name__}: {e}")
     finally:
         for m, training in modes.items():
             m.training = training
+    raise ValueError('cannot trace the convolutions of the inference forward to choose num_layers (give '
+                     'layers=[...] instead): ' + '; '.join(errors))
 
 
 def _convmodule_norms(model: nn.Module, paths: Sequence[str]) -> List[nn.Module]:
