@@ -88,12 +88,12 @@ def sweep_family(family: str, size: int = 128, batch: int = 2, seed: int = 0) ->
     from mmengine.config import Config, ConfigDict
     from mmengine.registry import init_default_scope
     from mmengine.structures import PixelData
-    from mmseg.registry import HOOKS, MODELS
+    from mmseg.registry import HOOKS
     from mmseg.structures import SegDataSample
 
     import mmseg_actcomp  # noqa: F401  (registers the hook and layers)
     from mmseg_actcomp.memory import measure_step
-    from mmseg_actcomp.memory.segmentor import _quiet_logs
+    from mmseg_actcomp.memory.segmentor import build_segmentor
 
     config = FAMILIES[family]
     row = dict(family=family, config=config, ok=False)
@@ -104,9 +104,8 @@ def sweep_family(family: str, size: int = 128, batch: int = 2, seed: int = 0) ->
         size = max(size, MIN_SIZE.get(family, 0))
         torch.manual_seed(seed)
         # a ConfigDict, as training builds it: heads read test_cfg.mode as an attribute
-        model = MODELS.build(ConfigDict(cpu_model_cfg(cfg.model.to_dict(), size)))
-        with _quiet_logs():
-            model.init_weights()
+        cfg.model = ConfigDict(cpu_model_cfg(cfg.model.to_dict(), size))
+        model = build_segmentor(cfg)  # init_weights(), quietly; mmseg's configs load no checkpoint
         row['input'] = f'{batch}x3x{size}x{size}'
         generator = torch.Generator().manual_seed(seed)
         x = torch.rand(batch, 3, size, size, generator=generator)

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 from mmengine.utils import ProgressBar
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 
 from .layers import LayerProbe, LayerStep
 from .region import region_modules, summarize_saved
