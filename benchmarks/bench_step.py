@@ -152,18 +152,23 @@ class CheckpointProbe:
 
 
 # ------------------------------------------------------------------------------------------ one model
-def _time_steps(runs: Dict[str, dict], batches: List[dict], steps: int, warmup: int) -> None:
+def _time_steps(runs: Dict[str, dict], batches: List[dict], steps: int, warmup: int,
+                device: str = 'cpu') -> None:
     """Forward + backward + SGD step of every variant, interleaved, on ``batches`` in turn; stores each
-    variant's timed (post-warm-up) step seconds in ``run['times']``."""
+    variant's timed (post-warm-up) step seconds in ``run['times']`` (on CUDA, synchronized: the kernels'
+    time, not their launch)."""
+    sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
     for i in range(warmup + steps):
         batch = batches[i % len(batches)]
         for run in runs.values():
             optimizer, loss_of_batch = run['optimizer'], run['loss']
+            sync()
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss = loss_of_batch(batch)
             loss.backward()
             optimizer.step()
+            sync()
             elapsed = time.perf_counter() - start
             del loss
             if i >= warmup:
@@ -179,6 +184,7 @@ def _variant_figures(name: str, report: dict, times: List[float]) -> dict:
     return {
         'description': VARIANTS[name][2], 'hook': report['hook'], 'with_cp': VARIANTS[name][1],
         'step_times_s': times, 'step_median_s': statistics.median(times),
+        'peak_bytes': report['totals']['peak'].get('mean_bytes'),
         'measured_bytes': {k: measured[k]['mean_bytes'] for k in ('total', 'region', 'rest')},
         'estimate_bytes': estimate['mean_bytes'],
         'per_op_region': {op: {'bytes': r['mean_bytes'], 'saves': r['saves']}
@@ -212,9 +218,9 @@ def _targets(variants: Dict[str, dict], min_region_reduction: float = MIN_REGION
 
 def bench_config(config: str, num_batches: int = 3, steps: int = 5, warmup: int = 2, seed: int = 0,
                  cfg_options: Optional[dict] = None, variant_names: Sequence[str] = tuple(VARIANTS),
-                 min_region_reduction: float = MIN_REGION_REDUCTION) -> dict:
+                 min_region_reduction: float = MIN_REGION_REDUCTION, device: str = 'cpu') -> dict:
     """The variants ``variant_names`` (keys of :data:`VARIANTS`, vanilla and hosvd among them) of one
-    config: figures per variant, the HOSVD targets, notes."""
+    config on ``device``: figures per variant, the HOSVD targets, notes."""
     from mmengine.runner import set_random_seed
     from mmseg.registry import HOOKS
 
@@ -231,8 +237,8 @@ def bench_config(config: str, num_batches: int = 3, steps: int = 5, warmup: int 
     set_random_seed(seed)
     batches = train_batches(cfg, num_batches, seed)
     set_random_seed(seed)
-    base = build_segmentor(cfg)
-    cp_base = _cp_model(cfg, base) if any(VARIANTS[n][1] for n in variant_names) else None
+    base = build_segmentor(cfg).to(device)
+    cp_base = _cp_model(cfg, base).to(device) if any(VARIANTS[n][1] for n in variant_names) else None
     optim_args = _optimizer_args(cfg)
 
     runs, layer_paths, cp_blocks = {}, None, {}
@@ -248,7 +254,7 @@ def bench_config(config: str, num_batches: int = 3, steps: int = 5, warmup: int 
         loss_of_batch = SegmentorLoss(model)
         torch.manual_seed(seed)
         with CheckpointProbe(model.backbone) if with_cp else contextlib.nullcontext() as probe:
-            memory = measure_steps(model, batches, loss_of_batch, layer_paths, progress=False)
+            memory = measure_steps(model, batches, loss_of_batch, layer_paths, device, progress=False)
         if with_cp:
             cp_blocks = probe.checkpointed
         params = [p for p in model.parameters() if p.requires_grad]
@@ -257,12 +263,12 @@ def bench_config(config: str, num_batches: int = 3, steps: int = 5, warmup: int 
                       'optimizer': torch.optim.SGD(params, **optim_args)}
     del base, cp_base
     torch.manual_seed(seed)
-    _time_steps(runs, batches, steps, warmup)
+    _time_steps(runs, batches, steps, warmup, device)
 
     variants = {name: _variant_figures(name, run['report'], run['times']) for name, run in runs.items()}
     checkpointed = [b for b, on in cp_blocks.items() if on]
     return {
-        'config': config, 'model': f"{cfg.model.type}/{cfg.model.backbone.type}/{cfg.model.decode_head.type}",
+        'config': config, 'device': str(device), 'model': f"{cfg.model.type}/{cfg.model.backbone.type}/{cfg.model.decode_head.type}",
         'weights': weights, 'batch_shape': list(runs[BASELINE]['loss'].input_shape),
         'num_batches': len(batches), 'explained_variance': hook_cfg.get('explained_variance'),
         'layers': layer_paths, 'optimizer': dict(type='SGD', **optim_args),
@@ -405,7 +411,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def format_markdown(results: Sequence[dict], meta: dict) -> str:
     out = ['# Training-step time and kept activation memory: vanilla vs SVD / HOSVD vs checkpointing', '',
            'Made by:', '', f"    {meta['command']}", '',
-           f"Machine: {meta['machine']}; torch {meta['torch']} on CPU, "
+           f"Machine: {meta['machine']}; torch {meta['torch']} on {meta.get('device', 'cpu')}, "
            f"`torch.set_num_threads({meta['threads']})`; "
            f"load average (1/5/15 min) at start {meta['load_start']}, at end {meta['load_end']}; "
            f"run took {meta['wall_s']:.0f} s.", '',
@@ -434,6 +440,7 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps first')
     parser.add_argument('--threads', type=int, default=1, help='torch.set_num_threads')
     parser.add_argument('--seed', type=int, default=0, help='weights, data order and augmentation')
+    parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (benchmarks/gpu_check.sh)')
     parser.add_argument('--out-json', help='write all figures here')
     parser.add_argument('--markdown', help='write the markdown report here')
     parser.add_argument('--variants', nargs='+', choices=list(VARIANTS),
@@ -455,7 +462,20 @@ def parse_args(argv=None):
             parser.error(f'--{name} must be >= 1')
     if args.warmup < 0:
         parser.error('--warmup must be >= 0')
+    from mmseg_actcomp.memory import MeasureError
+    from mmseg_actcomp.memory.segmentor import check_device
+    try:
+        check_device(args.device)
+    except MeasureError as exc:
+        parser.error(str(exc))
     return args
+
+
+def _machine(device: str) -> str:
+    """The hardware the figures come from, in words."""
+    if torch.device(device).type == 'cuda':
+        return f'{torch.cuda.get_device_name(device)} ({device}), {os.cpu_count()} CPU cores'
+    return f'{os.cpu_count()} CPU cores, shared with other jobs, no GPU used'
 
 
 def _load() -> str:
@@ -468,9 +488,9 @@ def main(argv=None) -> dict:
     command = 'python benchmarks/bench_step.py ' + ' '.join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     torch.set_num_threads(args.threads)
-    meta = {'command': command, 'threads': args.threads, 'steps': args.steps, 'warmup': args.warmup,
+    meta = {'command': command, 'device': args.device, 'threads': args.threads, 'steps': args.steps, 'warmup': args.warmup,
             'paper_scale': args.paper_scale,
-            'machine': f'{os.cpu_count()} CPU cores, shared with other jobs, no GPU',
+            'machine': _machine(args.device),
             'torch': torch.__version__,
             'load_start': _load()}
     start = time.perf_counter()
@@ -481,7 +501,7 @@ def main(argv=None) -> dict:
         for config in args.configs:
             print(f'benchmarking {config} ...', flush=True)
             results.append(bench_config(config, args.batches, args.steps, args.warmup, args.seed,
-                                        variant_names=args.variants))
+                                        variant_names=args.variants, device=args.device))
     meta.update(load_end=_load(), wall_s=time.perf_counter() - start)
     print(format_text(results, meta))
     if args.out_json:

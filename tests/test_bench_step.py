@@ -85,6 +85,15 @@ def test_paper_scale_sets_the_paper_configs_variants_and_target_unless_given():
     assert args.steps == 5 and args.variants == ['vanilla', 'svd', 'hosvd']  # vanilla and hosvd always run
 
 
+@pytest.mark.parametrize('device', ['tpu', 'cuda:x'] + ([] if torch.cuda.is_available() else ['cuda']))
+def test_a_device_that_is_not_here_is_named(device, capsys):
+    with pytest.raises(SystemExit):
+        bench_step.parse_args(['--device', device])
+    err = capsys.readouterr().err
+    assert repr(device) in err or f'--device {device}' in err
+    assert bench_step.parse_args(['--device', 'cpu']).device == 'cpu'
+
+
 @pytest.mark.parametrize('config', bench_step.PAPER_CONFIGS)
 def test_paper_scale_configs_are_the_papers_size_and_layers(config):
     from mmengine.config import Config
