@@ -314,12 +314,15 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
         float64 inputs or ``eps = 1``), autocast or not. Its factors are orthonormal.
 
     Raises:
-        ValueError: ``explained_variance`` outside ``(0, 1]``, ``x`` empty, or ``center`` for a tensor
-            that is not 4-d.
+        ValueError: ``explained_variance`` outside ``(0, 1]``, ``x`` empty, ``modes`` not modes of ``x``,
+            or ``center`` for a tensor that is not 4-d.
         NonFiniteActivationError: ``x`` holds NaN or Inf.
         DecompositionError: no eigen-solver converged on one of its Gram matrices (after the fallbacks).
     """
     explained_variance = validate_explained_variance(explained_variance)
+    if isinstance(modes, str) or not all(isinstance(n, int) and 0 <= n < x.dim() for n in modes):
+        raise ValueError(f'{name}: modes={modes!r} must be mode indices of a {x.dim()}-d tensor, e.g. '
+                         f"METHODS['hosvd'] = {METHODS['hosvd']} (METHODS maps a method name to its modes)")
     if x.numel() == 0:
         raise ValueError(f'{name}: cannot compress an empty tensor of shape {tuple(x.shape)}')
     if center and x.dim() != 4:

@@ -12,16 +12,8 @@ from torch import Tensor, nn
 
 from ..compression import (METHODS, DecompositionError, Tucker, compress, multi_mode_product,
                            validate_explained_variance)
-from .functional import compressed_conv2d
-from .lean import frozen_weight_conv2d
-
-
-def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
-    """The dtype autocast would run a convolution on ``x`` in, or None outside autocast."""
-    device_type = x.device.type
-    if x.is_floating_point() and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
+from .functional import autocast_conv_args, compressed_conv2d
+from .lean import conv_twin, frozen_weight_conv2d
 
 
 class CompressedConv2d(nn.Conv2d):
@@ -107,15 +99,7 @@ class CompressedConv2d(nn.Conv2d):
                   center: bool = True) -> 'CompressedConv2d':
         """A layer with ``conv``'s hyper-parameters and training flag sharing its Parameter objects
         (``new.weight is conv.weight``), so optimizers and checkpoints see the same tensors."""
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f'from_conv expects an nn.Conv2d, got {type(conv).__name__}')
-        # Built on the meta device: its own parameters are replaced right away, so allocate none.
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device='meta',
-                  dtype=conv.weight.dtype, explained_variance=explained_variance, center=center)
-        new.weight = conv.weight
-        new.bias = conv.bias
-        return new.train(conv.training)
+        return conv_twin(cls, conv, explained_variance=explained_variance, center=center)
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, explained_variance={self.explained_variance}, center={self.center}'
@@ -161,11 +145,7 @@ class CompressedConv2d(nn.Conv2d):
             return frozen_weight_conv2d(self, x)
         if x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        weight, bias = self.weight, self.bias
-        cast_dtype = _autocast_dtype(x)
-        if cast_dtype is not None:
-            x, weight = x.to(cast_dtype), weight.to(cast_dtype)
-            bias = None if bias is None else bias.to(cast_dtype)
+        x, weight, bias = autocast_conv_args(x, self.weight, self.bias)
         x, padding = self._explicit_padding(x)
         whole = Tucker(x.detach(), (None,) * x.dim())
         try:

@@ -26,8 +26,19 @@ from torch.nn.modules.utils import _pair
 
 from ..compression import Tucker, autocast_disabled, mode_product, multi_mode_product
 
-_CHANNEL_MODE = 1
+#: the channel mode of an NCHW activation (its Tucker factor is the channel basis)
+CHANNEL_MODE = 1
 _SPATIAL_MODES = (2, 3)
+
+
+def autocast_conv_args(x: Tensor, weight: Tensor, bias: Optional[Tensor]
+                       ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """``(x, weight, bias)`` cast as autocast casts a convolution's arguments (unchanged outside autocast),
+    so that a custom conv's backward meets the dtypes its forward ran in. Shapes unchanged."""
+    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+    return x, weight, bias
 
 
 def conv2d_weight_from_tucker(tucker: Tucker, weight_size: Sequence[int], grad_output: Tensor,
@@ -56,13 +67,13 @@ def conv2d_weight_from_tucker(tucker: Tucker, weight_size: Sequence[int], grad_o
     push_channels = groups == 1 and channel_basis is not None
     expand = {n: tucker.factors[n] for n in _SPATIAL_MODES if tucker.factors[n] is not None}
     if channel_basis is not None and not push_channels:
-        expand[_CHANNEL_MODE] = channel_basis
+        expand[CHANNEL_MODE] = channel_basis
     pseudo_input = multi_mode_product(core, expand)
     if not push_channels:
         return conv2d_weight(pseudo_input, weight_size, grad_output, stride, padding, dilation, groups)
     reduced_size = (weight_size[0], channel_basis.shape[1]) + tuple(weight_size[2:])
     reduced = conv2d_weight(pseudo_input, reduced_size, grad_output, stride, padding, dilation, groups)
-    return mode_product(reduced, channel_basis, _CHANNEL_MODE)
+    return mode_product(reduced, channel_basis, CHANNEL_MODE)
 
 
 class CompressedConv2dFunction(Function):

@@ -41,13 +41,11 @@ from torch.nn.modules.utils import _pair
 from ..compression import (METHODS, Quantized, Tucker, autocast_disabled, compress, dequantize, mode_product,
                            multi_mode_product, pack_codes, quantize, unpack_codes, validate_bits,
                            validate_explained_variance)
-from .functional import compressed_conv2d
+from .functional import CHANNEL_MODE, autocast_conv_args, compressed_conv2d
 
 #: what a lean BN keeps of ``x_hat`` when ``gamma`` is trainable: a truncated decomposition, or (``'none'``)
 #: the whole tensor, as stock BN would.
 LEAN_METHODS = ('none',) + tuple(METHODS)
-
-_CHANNEL_MODE = 1
 
 
 def _validate_method(method: str) -> str:
@@ -214,12 +212,12 @@ def channel_inner_products(tucker: Tucker, grad: Tensor) -> Tensor:
     """
     core, factors = tucker.core, tucker.factors
     if core.numel() == 0:  # rank 0: the decomposed tensor was all zero
-        return core.new_zeros(tucker.shape[_CHANNEL_MODE])
-    projections = {n: u.mT for n, u in enumerate(factors) if u is not None and n != _CHANNEL_MODE}
+        return core.new_zeros(tucker.shape[CHANNEL_MODE])
+    projections = {n: u.mT for n, u in enumerate(factors) if u is not None and n != CHANNEL_MODE}
     reduced_grad = multi_mode_product(grad.to(core.dtype), projections)
-    if factors[_CHANNEL_MODE] is not None:
-        core = mode_product(core, factors[_CHANNEL_MODE], _CHANNEL_MODE)
-    sum_dims = tuple(n for n in range(core.dim()) if n != _CHANNEL_MODE)
+    if factors[CHANNEL_MODE] is not None:
+        core = mode_product(core, factors[CHANNEL_MODE], CHANNEL_MODE)
+    sum_dims = tuple(n for n in range(core.dim()) if n != CHANNEL_MODE)
     return (reduced_grad * core).sum(sum_dims)
 
 
@@ -263,7 +261,7 @@ class RunningStatsBatchNormFunction(Function):
         weight, running_var, *normalised = ctx.saved_tensors
         needs_x_grad, needs_weight_grad, needs_bias_grad = ctx.needs_input_grad[:3]
         grad_x = grad_weight = grad_bias = None
-        sum_dims = tuple(n for n in range(ctx.dim) if n != _CHANNEL_MODE)
+        sum_dims = tuple(n for n in range(ctx.dim) if n != CHANNEL_MODE)
         if needs_x_grad:
             scale = torch.rsqrt(running_var + ctx.eps)
             if ctx.has_weight:
@@ -458,18 +456,26 @@ class LeanConv2d(nn.Conv2d):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> 'LeanConv2d':
         """A layer with ``conv``'s hyper-parameters and training flag sharing its Parameter objects."""
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f'from_conv expects an nn.Conv2d, got {type(conv).__name__}')
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device='meta',
-                  dtype=conv.weight.dtype)
-        new.weight = conv.weight
-        new.bias = conv.bias
-        return new.train(conv.training)
+        return conv_twin(cls, conv)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``(B, C, H, W)`` or unbatched ``(C, H, W)``; returns ``(B, O, H', W')`` (resp. unbatched)."""
         return frozen_weight_conv2d(self, x)
+
+
+def conv_twin(cls: type, conv: nn.Conv2d, **kwargs) -> nn.Conv2d:
+    """An instance of ``cls`` (an ``nn.Conv2d`` subclass taking ``kwargs`` besides the conv's own
+    arguments) with ``conv``'s hyper-parameters and training flag, sharing its Parameter objects
+    (``twin.weight is conv.weight``), so that optimizers and checkpoints see the same tensors."""
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f'from_conv expects an nn.Conv2d, got {type(conv).__name__}')
+    # Built on the meta device: its own parameters are replaced right away, so allocate none.
+    twin = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+               conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device='meta',
+               dtype=conv.weight.dtype, **kwargs)
+    twin.weight = conv.weight
+    twin.bias = conv.bias
+    return twin.train(conv.training)
 
 
 def frozen_weight_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -491,12 +497,7 @@ def frozen_weight_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
         return nn.Conv2d.forward(conv, x)
     if x.dim() == 3:
         return frozen_weight_conv2d(conv, x.unsqueeze(0)).squeeze(0)
-    weight, bias = conv.weight, conv.bias
-    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
-        # Cast as autocast casts a convolution, so that backward meets the dtypes forward used.
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+    x, weight, bias = autocast_conv_args(x, conv.weight, conv.bias)
     return compressed_conv2d(x, weight, bias, _NOTHING, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
