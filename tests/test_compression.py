@@ -430,3 +430,38 @@ def test_centred_compression_is_the_mean_plus_the_decomposed_rest(method):
         assert sum(compress(x, eps, METHODS[method]).ranks) < sum(centred.ranks)
     with pytest.raises(ValueError, match='center=True needs a \\(B, C, H, W\\) tensor'):
         compress(x[0], 0.8, (0, 1, 2), center=True)
+
+
+def test_the_core_imports_with_torch_alone():
+    """compression/ is pure torch: in a fresh interpreter where mmseg, mmcv and mmengine cannot be
+    imported, it imports and compresses; the package imports too and names what needs the stack."""
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent('''
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in ('mmseg', 'mmcv', 'mmengine'):
+                    raise ModuleNotFoundError(f'{name} made unimportable', name=name)
+        sys.meta_path.insert(0, Block())
+        import torch
+        from mmseg_actcomp.compression import METHODS, compress, reconstruct
+        x = torch.randn(2, 3, 4, 5)
+        assert torch.allclose(reconstruct(compress(x, 1.0, METHODS['hosvd'])), x, atol=1e-4)
+        assert not [m for m in sys.modules if m.split('.')[0] in ('mmseg', 'mmcv', 'mmengine')]
+        import mmseg_actcomp
+        try:
+            mmseg_actcomp.ActivationCompressionHook
+        except ImportError as e:
+            print('ImportError:', e)
+    ''')
+    out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'ImportError: mmseg_actcomp.ActivationCompressionHook needs mmsegmentation' in out.stdout
+
+
+@pytest.mark.parametrize('modes', ['hosvd', (0, 4), (1.0,)])
+def test_modes_that_are_not_modes_of_x_are_named(modes):
+    with pytest.raises(ValueError, match=r"modes=.* must be mode indices of a 4-d tensor.*METHODS\['hosvd'\]"):
+        compress(torch.randn(2, 3, 4, 5), 0.8, modes)
