@@ -226,7 +226,7 @@ def bench_config(config: str, num_batches: int = 3, steps: int = 5, warmup: int 
 
     import mmseg_actcomp  # noqa: F401  (registers the hook and layers, as custom_imports would)
     from mmseg_actcomp.memory import build_report, measure_steps
-    from mmseg_actcomp.memory.segmentor import (SegmentorLoss, build_segmentor, compression_hook_cfg,
+    from mmseg_actcomp.apis.segmentor import (SegmentorLoss, build_segmentor, compression_hook_cfg,
                                                 load_config, set_train_mode, train_batches)
 
     cfg = load_config(config, cfg_options)
@@ -248,13 +248,13 @@ def bench_config(config: str, num_batches: int = 3, steps: int = 5, warmup: int 
         entry = dict(hook_cfg, **overrides)
         if layer_paths is not None:  # the same layers for every variant, as the first one chose them
             entry.update(layers=layer_paths, num_layers=None)
-        hook = HOOKS.build(entry)
-        layer_paths = list(hook.prepare(model))
-        set_train_mode(model, hook)
+        region = HOOKS.build(entry).region
+        layer_paths = list(region.apply(model))
+        set_train_mode(model, region)
         loss_of_batch = SegmentorLoss(model)
         torch.manual_seed(seed)
         with CheckpointProbe(model.backbone) if with_cp else contextlib.nullcontext() as probe:
-            memory = measure_steps(model, batches, loss_of_batch, layer_paths, device, progress=False)
+            memory = measure_steps(model, batches, loss_of_batch, layer_paths, device)
         if with_cp:
             cp_blocks = probe.checkpointed
         params = [p for p in model.parameters() if p.requires_grad]
@@ -462,8 +462,8 @@ def parse_args(argv=None):
             parser.error(f'--{name} must be >= 1')
     if args.warmup < 0:
         parser.error('--warmup must be >= 0')
-    from mmseg_actcomp.memory import MeasureError
-    from mmseg_actcomp.memory.segmentor import check_device
+    from mmseg_actcomp.apis import MeasureError
+    from mmseg_actcomp.apis.segmentor import check_device
     try:
         check_device(args.device)
     except MeasureError as exc:
@@ -514,7 +514,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    from mmseg_actcomp.memory import MeasureError
+    from mmseg_actcomp.apis import MeasureError
     try:
         main()
     except (BenchError, MeasureError) as exc:

@@ -73,13 +73,13 @@ def approximations(x, eps, method):
 def measure(checkpoint, batches=3, eps_values=(0.7, 0.8, 0.9), methods=('hosvd', 'svd')):
     """Rows ``{layer, method, eps, variant, cos, norm_ratio, energy, ranks, kib}``, each the mean over
     batches (ranks: the largest)."""
-    from mmseg_actcomp.memory.segmentor import (SegmentorLoss, apply_compression_hook, build_segmentor,
-                                                load_config, set_train_mode, train_batches)
+    from mmseg_actcomp.apis.segmentor import (SegmentorLoss, apply_compression_hook, build_segmentor,
+                                              load_config, set_train_mode, train_batches)
     cfg = load_config(osp.join(REPO, CONFIG))
     data = train_batches(cfg, batches)
     model = build_segmentor(cfg, checkpoint)
-    hook, paths = apply_compression_hook(cfg, model)
-    set_train_mode(model, hook)
+    region, paths = apply_compression_hook(cfg, model)
+    set_train_mode(model, region)
     loss_of = SegmentorLoss(model)
     convs = {p: model.get_submodule(p) for p in paths}
     figures = {}

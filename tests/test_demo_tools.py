@@ -56,7 +56,7 @@ def _stage(work, name, miou):
 
 
 def test_summary_ends_with_before_and_after(sample_workspace, tmp_path):
-    from mmseg_actcomp.memory import measure_config
+    from mmseg_actcomp.apis import measure_config
     work = tmp_path / 'demo'
     for name, miou in (('start', 61.5), ('calibrate', 27.25), ('finetune', 44.0)):
         _stage(work, name, miou)

@@ -77,7 +77,7 @@ def test_num_layers_takes_last_convs_of_the_inference_forward(deeplab):
     import copy
     model = copy.deepcopy(deeplab)
     hook = ActivationCompressionHook(method='svd', explained_variance=0.9, num_layers=3)
-    paths = hook.prepare(model)
+    paths = hook.region.apply(model)
     assert paths == ['decode_head.aspp_modules.3.conv', 'decode_head.bottleneck.conv', 'decode_head.conv_seg']
     for p in paths:
         conv = model.get_submodule(p)
@@ -88,7 +88,7 @@ def test_num_layers_takes_last_convs_of_the_inference_forward(deeplab):
                          'decode_head.aspp_modules.3.bn.bias', 'decode_head.bottleneck.conv.weight',
                          'decode_head.bottleneck.bn.weight', 'decode_head.bottleneck.bn.bias',
                          'decode_head.conv_seg.weight', 'decode_head.conv_seg.bias'}
-    assert hook.prepare(model) == paths  # idempotent
+    assert hook.region.apply(model) == paths  # idempotent
     assert type(model.get_submodule(paths[0])) is SVDConv2d
 
 
@@ -97,7 +97,7 @@ def test_swap_shares_parameters_and_state_dict_keys(deeplab):
     model = copy.deepcopy(deeplab)
     before = model.state_dict(keep_vars=True)
     ActivationCompressionHook(method='hosvd', layers=['backbone.layer4.1.conv2', 'decode_head.conv_seg'],
-                              freeze_others=False).prepare(model)
+                              freeze_others=False).region.apply(model)
     after = model.state_dict(keep_vars=True)
     assert list(before) == list(after)
     assert after['backbone.layer4.1.conv2.weight'] is before['backbone.layer4.1.conv2.weight']
@@ -111,10 +111,10 @@ def test_center_reaches_the_compressed_convs(deeplab):
     for kwargs, expected in ((dict(), True), (dict(center=False), False)):
         model = copy.deepcopy(deeplab)
         hook = ActivationCompressionHook(method='svd', num_layers=2, **kwargs)
-        hook.prepare(model)
+        hook.region.apply(model)
         assert model.decode_head.conv_seg.center is expected
-        assert f'center={expected}' in hook.summary(model)
-    assert ActivationCompressionHook(method='none', num_layers=2, center=True).center is False
+        assert f'center={expected}' in hook.region.summary(model)
+    assert ActivationCompressionHook(method='none', num_layers=2, center=True).region.center is False
 
 
 def test_summary_says_what_each_region_bn_normalises_with_and_keeps(deeplab):
@@ -127,15 +127,15 @@ def test_summary_says_what_each_region_bn_normalises_with_and_keeps(deeplab):
     for kwargs, statistics, keeps in cases:
         model = copy.deepcopy(deeplab)
         hook = ActivationCompressionHook(num_layers=2, **kwargs)
-        hook.prepare(model)
-        row = [line for line in hook.summary(model).splitlines() if line.startswith('decode_head.bottleneck.bn ')]
+        hook.region.apply(model)
+        row = [line for line in hook.region.summary(model).splitlines() if line.startswith('decode_head.bottleneck.bn ')]
         assert len(row) == 1 and statistics in row[0] and keeps in row[0], row
 
 
 def test_method_none_keeps_plain_convs(deeplab):
     import copy
     model = copy.deepcopy(deeplab)
-    ActivationCompressionHook(method='none', num_layers=2).prepare(model)
+    ActivationCompressionHook(method='none', num_layers=2).region.apply(model)
     assert type(model.decode_head.conv_seg) is nn.Conv2d
     assert model.decode_head.conv_seg.weight.requires_grad
     assert not model.backbone.layer1[0].conv1.weight.requires_grad
@@ -168,12 +168,12 @@ def test_bad_values_name_key_value_and_allowed(kwargs, message):
 def test_too_many_layers_and_non_conv_paths(deeplab):
     with pytest.raises(ValueError, match=r'num_layers=500 but the model runs 29 convolutions in its forward '
                                          r'pass: choose 1 <= num_layers <= 29'):
-        ActivationCompressionHook(num_layers=500).prepare(deeplab)
+        ActivationCompressionHook(num_layers=500).region.apply(deeplab)
     with pytest.raises(ValueError, match=r"'decode_head.bottleneck' is a ConvModule, not a convolution .*"
                                          r"'decode_head.bottleneck.conv'"):
-        ActivationCompressionHook(layers=['decode_head.bottleneck']).prepare(deeplab)
+        ActivationCompressionHook(layers=['decode_head.bottleneck']).region.apply(deeplab)
     with pytest.raises(ValueError, match=r"'decode_head.nothing' is not a module of EncoderDecoder"):
-        ActivationCompressionHook(layers=['decode_head.nothing']).prepare(deeplab)
+        ActivationCompressionHook(layers=['decode_head.nothing']).region.apply(deeplab)
 
 
 def test_hook_given_twice_and_missing_checkpoint_fail_at_start(deeplab):
@@ -269,7 +269,7 @@ def test_every_config_builds_and_its_layers_exist(config):
         return  # a vanilla training config: checked above that its name asks for no hook
     args = {k: v for k, v in hooks[0].items() if k != 'type'}
     hook = ActivationCompressionHook(**args)
-    paths = hook.prepare(model)
+    paths = hook.region.apply(model)
     assert len(paths) == (args.get('num_layers') or len(args['layers']))
     arch = osp.basename(config).split('_')[0] + '_' + osp.basename(config).split('_')[1]
     if '10L' in config and arch in PAPER_10L:
@@ -308,7 +308,7 @@ def test_stock_train_py_fine_tunes_only_the_chosen_layers(algo, sample_workspace
     assert not any(isinstance(m, (HOSVDConv2d, SVDConv2d)) for m in stock.modules())
     stock.load_state_dict(trained, strict=True)
     hook_cfg = Config.fromfile(sample_config(arch, 'hosvd-0.8-10L')).custom_hooks[0]
-    paths = ActivationCompressionHook(**{k: v for k, v in hook_cfg.items() if k != 'type'}).prepare(stock)
+    paths = ActivationCompressionHook(**{k: v for k, v in hook_cfg.items() if k != 'type'}).region.apply(stock)
     region = region_keys(paths, initial, stock)
     changed, not_frozen = _changed_and_frozen(initial, trained, region)
     assert not not_frozen, f'frozen tensors changed: {not_frozen[:5]}'
@@ -361,9 +361,9 @@ def test_precise_norm_stats_are_estimated_once_at_the_start_not_on_resume(sample
     hook_cfg = Config.fromfile(sample_config(arch, 'hosvd-0.8-10L')).custom_hooks[0]
     hook = ActivationCompressionHook(**{k: v for k, v in hook_cfg.items() if k != 'type'},
                                      freeze_region_norm_stats=True, precise_norm_batches=2)
-    paths = hook.prepare(model)
+    paths = hook.region.apply(model)
     region_norms = [k for k in region_keys(paths, initial, model) if k.endswith('running_mean')]
-    assert region_norms and len(hook._region_norms) == len(region_norms)
+    assert region_norms and len(hook.region.region_norms) == len(region_norms)
     for key in region_norms:
         assert not torch.equal(first[key], initial[key]), key  # re-estimated before the first step
         assert torch.equal(first[key], second[key]), key  # then run on, never updated
@@ -437,4 +437,4 @@ def test_a_model_whose_inference_cannot_be_traced_says_to_give_layers():
     with pytest.raises(ValueError, match=r"cannot trace .* \(give layers=\[\.\.\.\] instead\): "
                                          r"mode='tensor' at 128x128: RuntimeError: no tensor mode here; "
                                          r"mode='predict' at 128x128"):
-        ActivationCompressionHook(num_layers=1).prepare(Untraceable())
+        ActivationCompressionHook(num_layers=1).region.apply(Untraceable())

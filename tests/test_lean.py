@@ -662,14 +662,14 @@ def test_lean_region_of_a_segmentor_keeps_only_factors_and_masks(config):
     cfg, model = build_model_from_config(f'{REPO}/configs/sample/{config}_vocsample-128x128.py')
     hook = ActivationCompressionHook(**{k: v for k, v in cfg.custom_hooks[0].items() if k != 'type'},
                                      freeze_region_norm_stats=True)
-    assert hook.lean_region
-    paths = hook.prepare(model)
+    assert hook.region.lean_region
+    paths = hook.region.apply(model)
     roots = [path for path in region_modules(paths) if path not in paths]
     assert 'decode_head' in roots
     lean = {f'{root}.{p}': m for root in roots for p, m in model.get_submodule(root).named_modules()
             if isinstance(m, (PackedMaskReLU, LeanBatchNorm2d))}
     model.train()
-    hook.before_train_iter(None, 0)
+    hook.region.set_norms_eval()
     norms = [m for m in lean.values() if isinstance(m, LeanBatchNorm2d)]
     assert norms and not any(n.training for n in norms)
     mask_bytes = []
@@ -678,7 +678,7 @@ def test_lean_region_of_a_segmentor_keeps_only_factors_and_masks(config):
             lambda m, args, out: mask_bytes.append(math.ceil(out.numel() / 8) if out.requires_grad else 0))
     x = low_rank_activation((2, 3, 64, 64), components=12, noise=0.5)
     step = measure_step(model, lambda: model(x, mode='tensor').sum(), paths)
-    convs = [hook.fine_tuned[p] for p in paths]
+    convs = [hook.region.fine_tuned[p] for p in paths]
     trainable_norms = [n for n in norms if n.weight.requires_grad]
     assert trainable_norms and mask_bytes
     assert step.saved['region'] == (sum(c.last_kept_bytes for c in convs)
@@ -707,9 +707,9 @@ def test_region_bns_on_batch_statistics_keep_their_input_in_4_bits_by_default():
         if norm_input_bits is None:
             options['norm_input_bits'] = None
         hook = ActivationCompressionHook(**options)
-        paths = hook.prepare(model)
+        paths = hook.region.apply(model)
         model.train()
-        hook.before_train_iter(None, 0)
+        hook.region.set_norms_eval()
         assert model.decode_head.bottleneck.bn.training and not model.backbone.layer4[0].bn1.training
         step = measure_step(model, lambda: model(x, mode='tensor').sum(), paths)
         region = step.saved['per_op']['region']

@@ -211,9 +211,9 @@ def test_cpu_peak_of_a_sample_segmentor_falls_with_compression():
         _, model = build_model_from_config(
             f'{REPO}/configs/sample/deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py')
         hook = ActivationCompressionHook(method=method, num_layers=10)
-        paths = hook.prepare(model)
+        paths = hook.region.apply(model)
         model.train()
-        hook.before_train_iter(None, 0)
+        hook.region.set_norms_eval()
         peaks[method] = measure_step(model, lambda: model(x, mode='tensor').sum(), paths).peak_bytes
     assert 0 < peaks['hosvd'] < 0.8 * peaks['none'], peaks
 

@@ -73,7 +73,7 @@ def test_ranks_within_mode_sizes_and_bytes_below_vanilla(result):
 
 def test_only_the_backbone_differs(backbone_weights):
     import torch
-    from mmseg_actcomp.memory.segmentor import load_config
+    from mmseg_actcomp.apis.segmentor import load_config
     cfg = load_config(osp.join(REPO, ranks_real.DEFAULT_CONFIG))
     cfg.model.data_preprocessor.size = (CROP, CROP)
     nets = ranks_real.build_networks(cfg, backbone_weights, seed=0)
@@ -86,7 +86,7 @@ def test_only_the_backbone_differs(backbone_weights):
 
 
 def test_missing_weights_exit_with_the_command(tmp_path):
-    from mmseg_actcomp.memory.segmentor import load_config
+    from mmseg_actcomp.apis.segmentor import load_config
     cfg = load_config(osp.join(REPO, ranks_real.DEFAULT_CONFIG))
     cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / 'absent.pth')
     with pytest.raises(ranks_real.MissingInput, match='mobilenetv2_torchvision2mmseg.py'):

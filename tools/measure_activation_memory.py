@@ -46,7 +46,8 @@ def parse_args(argv=None):
 
 
 def measure(args) -> None:
-    from mmseg_actcomp.memory import format_report, measure_config, write_report
+    from mmseg_actcomp.apis import measure_config
+    from mmseg_actcomp.memory import format_report, write_report
     report = measure_config(args.config, args.checkpoint, args.num_batches, args.cfg_options,
                             args.device, args.seed, log=args.log)
     out_dir = args.out_dir or osp.join('work_dirs', 'memory', osp.splitext(osp.basename(args.config))[0])
@@ -70,7 +71,7 @@ def compare(args) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from mmseg_actcomp.memory import MeasureError
+    from mmseg_actcomp.apis import MeasureError
     try:
         measure(args) if args.config is not None else compare(args)
     except (MeasureError, ValueError, FileNotFoundError) as exc:

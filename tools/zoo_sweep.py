@@ -169,7 +169,7 @@ def train_stock(model_cfg: dict, data_root: str, size: int, batch: int, seed: in
         checkpoint = osp.join(work_dir, f'iter_{STOCK_ITERS}.pth')
         state = torch.load(checkpoint, map_location='cpu', weights_only=False)['state_dict']
         hook = next(h for h in runner.hooks if type(h).__name__ == 'ActivationCompressionHook')
-        missing = [p for p in hook.fine_tuned if f'{p}.weight' not in state]
+        missing = [p for p in hook.region.fine_tuned if f'{p}.weight' not in state]
         if missing:
             raise RuntimeError(f'the checkpoint {checkpoint} lacks the weights of {missing}')
         return dict(train_loss=loss, miou=hub.get_scalar('val/mIoU').current(), actcomp=scalars)
@@ -188,7 +188,7 @@ def sweep_family(family: str, size: int = 128, batch: int = 2, seed: int = 0,
 
     import mmseg_actcomp  # noqa: F401  (registers the hook and layers)
     from mmseg_actcomp.memory import measure_step
-    from mmseg_actcomp.memory.segmentor import build_segmentor
+    from mmseg_actcomp.apis.segmentor import build_segmentor
 
     config = FAMILIES[family]
     row = dict(family=family, config=config, ok=False)
@@ -215,10 +215,10 @@ def sweep_family(family: str, size: int = 128, batch: int = 2, seed: int = 0,
         region = {}
         for method in ('none', 'hosvd'):
             net = copy.deepcopy(model)
-            hook = HOOKS.build(dict(HOOK, method=method))
-            paths = hook.prepare(net)
+            region = HOOKS.build(dict(HOOK, method=method)).region
+            paths = region.apply(net)
             net.train()
-            hook.before_train_iter(None, 0)
+            region.set_norms_eval()
             step = measure_step(net, lambda: loss_of(net), paths)
             loss_of(net).backward()  # measure_step leaves no gradients: check they reach every chosen layer
             missing = [p for p in paths if net.get_submodule(p).weight.grad is None]

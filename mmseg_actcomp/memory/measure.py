@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
-from mmengine.utils import ProgressBar
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -138,22 +137,19 @@ def measure_step(model: nn.Module, compute_loss: Callable[[], Tensor], layer_pat
 
 def measure_steps(model: nn.Module, batches: Iterable, loss_of_batch: Callable[[object], Tensor],
                   layer_paths: Sequence[str] = (), device=None,
-                  progress: bool = True) -> List[StepMemory]:
-    """:func:`measure_step` on each of ``batches`` (an iterable of the caller's batch objects), with a
-    progress bar when ``progress`` and the length of ``batches`` is known.
+                  on_step: Optional[Callable[[StepMemory], None]] = None) -> List[StepMemory]:
+    """:func:`measure_step` on each of ``batches`` (an iterable of the caller's batch objects).
 
     Args:
         loss_of_batch: ``batch -> loss ()``, running the forward pass of ``model`` on the batch.
+        on_step: called with each step's :class:`StepMemory` as it is measured (e.g. a progress bar).
 
     Returns:
         One :class:`StepMemory` per batch, in order.
     """
-    bar = ProgressBar(len(batches)) if progress and hasattr(batches, '__len__') else None
     steps = []
     for batch in batches:
         steps.append(measure_step(model, lambda: loss_of_batch(batch), layer_paths, device))
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.file.write('\n')
+        if on_step is not None:
+            on_step(steps[-1])
     return steps

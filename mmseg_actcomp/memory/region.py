@@ -18,28 +18,13 @@ The attribution rule (also written into every report, see :data:`REGION_RULE`):
 from collections import defaultdict
 from typing import Collection, Dict, Iterable, List, Optional, Sequence
 
+from ..ops.region import region_modules  # noqa: F401  (the rule's first half, re-exported)
 from .saved import SavedTensor
 
 REGION_RULE = ('fine-tuned region = tensors saved while the innermost running module is, or is inside, a '
                'chosen layer or the parent module of one (its ConvModule / residual block / head), loss '
                'modules (loss_*) excepted; each storage counted once, in the region if any of its saves '
                'is; parameters and buffers excluded')
-
-
-def parent_path(path: str) -> str:
-    """``'a.b.c'`` -> ``'a.b'``; ``'a'`` -> ``''`` (the root)."""
-    return path.rpartition('.')[0]
-
-
-def region_modules(layer_paths: Iterable[str]) -> List[str]:
-    """The chosen layer paths and their parents (the root excluded), sorted and unique."""
-    modules = set()
-    for path in layer_paths:
-        modules.add(path)
-        parent = parent_path(path)
-        if parent:
-            modules.add(parent)
-    return sorted(modules)
 
 
 def is_loss_path(path: str) -> bool:

@@ -11,6 +11,7 @@ import os.path as osp
 from statistics import mean
 from typing import Dict, Iterable, List, Optional, Sequence
 
+from ..utils.table import align
 from .layers import LayerStep
 from .measure import StepMemory
 from .region import REGION_RULE, region_modules
@@ -127,17 +128,6 @@ def _kib(value: Optional[float]) -> str:
 
 def _times(value: Optional[float]) -> str:
     return '-' if value is None else f'{value:.1f}x'
-
-
-def align(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    """Columns padded to their widest cell; the first ``left`` columns left-aligned, the rest right."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = []
-    for row in [header, *rows]:
-        cells = [str(c).ljust(w) if i < left else str(c).rjust(w)
-                 for i, (c, w) in enumerate(zip(row, widths))]
-        lines.append('  '.join(cells).rstrip())
-    return '\n'.join(lines)
 
 
 def _layer_table(report: dict) -> str:

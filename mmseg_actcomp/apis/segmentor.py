@@ -1,8 +1,11 @@
-"""Measure the training memory of an mmseg config: build its segmentor and train dataloader, apply its
-``ActivationCompressionHook`` as training does, run real forward+backward steps, and build the report.
+"""An mmseg config outside a runner: load it, build its segmentor (with weights) and train batches, do its
+``ActivationCompressionHook``'s surgery as training does (:class:`~mmseg_actcomp.ops.region.FineTuneRegion`),
+compute its loss, and measure the training memory of real forward+backward steps
+(:func:`measure_config`, the memory tool's engine).
 
 No runner is created (so no work dir): the model comes from ``MODELS``, the data from
-``Runner.build_dataloader(cfg.train_dataloader)``, the hook from mmseg's ``HOOKS``.
+``Runner.build_dataloader(cfg.train_dataloader)``, the hook from mmseg's ``HOOKS``. The measurement
+itself is :mod:`mmseg_actcomp.memory` (torch only); this module is its mmseg side.
 """
 import contextlib
 import copy
@@ -16,11 +19,11 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger, print_log
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner, load_checkpoint, set_random_seed
-from mmengine.utils import import_modules_from_strings
+from mmengine.utils import ProgressBar, import_modules_from_strings
 from torch import nn
 
-from .measure import measure_steps
-from .report import build_report
+from ..memory import build_report, measure_steps
+from ..ops.region import FineTuneRegion
 
 HOOK_TYPE = 'ActivationCompressionHook'
 NO_HOOK_NOTE = (f'no {HOOK_TYPE} in custom_hooks: the whole model is measured as the config trains it '
@@ -125,28 +128,29 @@ def compression_hook_cfg(cfg: Config) -> Optional[dict]:
     return copy.deepcopy(entries[0]) if entries else None
 
 
-def apply_compression_hook(cfg: Config, model: nn.Module):
-    """Build the config's ``ActivationCompressionHook`` and ``prepare`` ``model`` with it (choose, swap,
+def apply_compression_hook(cfg: Config, model: nn.Module) -> Tuple[Optional[FineTuneRegion], List[str]]:
+    """Build the config's ``ActivationCompressionHook`` (its keys checked as training checks them) and
+    apply its :class:`~mmseg_actcomp.ops.region.FineTuneRegion` to ``model`` (choose, swap, make lean,
     freeze), as training's ``before_run`` does.
 
     Returns:
-        ``(hook, layer_paths)``, or ``(None, [])`` when the config has no such hook.
+        ``(region, layer_paths)``, or ``(None, [])`` when the config has no such hook.
     """
     from mmseg.registry import HOOKS
     hook_cfg = compression_hook_cfg(cfg)
     if hook_cfg is None:
         return None, []
     with explained_errors('custom_hooks'):
-        hook = HOOKS.build(hook_cfg)
-    return hook, list(hook.prepare(model))
+        region = HOOKS.build(hook_cfg).region
+    return region, list(region.apply(model))
 
 
-def set_train_mode(model: nn.Module, hook) -> None:
-    """``model.train()`` (mmseg backbones honour ``norm_eval`` there), then what the hook does before each
-    training iteration (it puts the BN layers it froze back in eval mode)."""
+def set_train_mode(model: nn.Module, region: Optional[FineTuneRegion]) -> None:
+    """``model.train()`` (mmseg backbones honour ``norm_eval`` there), then the BNs the region keeps on
+    running statistics back in eval mode, as the hook does before each training iteration."""
     model.train()
-    if hook is not None and hasattr(hook, 'before_train_iter'):
-        hook.before_train_iter(None, 0)
+    if region is not None:
+        region.set_norms_eval()
 
 
 def train_batches(cfg: Config, num_batches: int, seed: int = 0) -> List[dict]:
@@ -190,17 +194,16 @@ def versions() -> dict:
             'mmcv': mmcv.__version__, 'mmseg_actcomp': __version__}
 
 
-def _run_meta(config: str, checkpoint: Optional[str], hook, hook_cfg: Optional[dict],
-              layer_paths: Sequence[str], device: torch.device) -> dict:
+def _run_meta(config: str, checkpoint: Optional[str], region: Optional[FineTuneRegion],
+              hook_cfg: Optional[dict], layer_paths: Sequence[str], device: torch.device) -> dict:
     """The description of a run written at the top of its report."""
-    method = getattr(hook, 'method', None) if hook is not None else None
-    eps = getattr(hook, 'explained_variance', None) if hook is not None else None
+    method = region.method if region is not None else None
     return {
         'config': config, 'checkpoint': checkpoint, 'hook': hook_cfg, 'method': method,
-        'explained_variance': None if method in (None, 'none') else eps,
-        'center': getattr(hook, 'center', None) if hook is not None else None,
+        'explained_variance': None if method in (None, 'none') else region.explained_variance,
+        'center': region.center if region is not None else None,
         'num_layers': len(layer_paths), 'device': str(device),
-        'notes': [] if hook is not None else [NO_HOOK_NOTE],
+        'notes': [] if region is not None else [NO_HOOK_NOTE],
     }
 
 
@@ -210,7 +213,7 @@ def measure_config(config: str, checkpoint: Optional[str] = None, num_batches: i
     """Measure the activation memory of training ``config`` on its own train data.
 
     Builds the segmentor (``init_weights``, then ``checkpoint`` or the config's ``load_from``), applies
-    the config's ``ActivationCompressionHook`` (``prepare``: choose, swap, freeze), switches to train mode
+    the config's ``ActivationCompressionHook`` (its region: choose, swap, freeze), switches to train mode
     and runs ``num_batches`` forward+backward steps on batches ``(B, 3, H, W)`` of the train dataloader,
     with no optimizer step.
 
@@ -240,12 +243,14 @@ def measure_config(config: str, checkpoint: Optional[str] = None, num_batches: i
     set_random_seed(seed)
     batches = train_batches(cfg, num_batches, seed)  # first: missing data fails before the model builds
     model = build_segmentor(cfg, checkpoint)
-    hook, layer_paths = apply_compression_hook(cfg, model)
+    region, layer_paths = apply_compression_hook(cfg, model)
     model.to(device)
-    set_train_mode(model, hook)
+    set_train_mode(model, region)
     loss_of_batch = SegmentorLoss(model)
-    steps = measure_steps(model, batches, loss_of_batch, layer_paths, device, progress)
-    meta = _run_meta(config, checkpoint or cfg.get('load_from'), hook, compression_hook_cfg(cfg),
+    bar = ProgressBar(len(batches)) if progress else None
+    steps = measure_steps(model, batches, loss_of_batch, layer_paths, device,
+                          on_step=None if bar is None else lambda step: bar.update())
+    meta = _run_meta(config, checkpoint or cfg.get('load_from'), region, compression_hook_cfg(cfg),
                      layer_paths, device)
     meta.update(batch_shape=list(loss_of_batch.input_shape), dtype=loss_of_batch.dtype, log=log,
                 versions=versions())

@@ -1,0 +1,227 @@
+"""The fine-tuned region of a segmentor and the surgery that makes it, in one plain class.
+
+:class:`FineTuneRegion` holds what ``ActivationCompressionHook``'s config line says (method, eps, which
+layers, what to freeze, how the region's BNs run) and does it to a bare model: choose the convolutions,
+swap them for compressed ones, make the rest of their region lean, freeze everything else, keep frozen
+BNs on running statistics. The hook, the memory tool and the benchmarks all call it; only the hook knows
+about runners.
+"""
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..compression import QUANTIZATION_BITS, validate_bits, validate_explained_variance
+from ..utils.table import align
+from .convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all_but, select_last, swap_convs,
+                      trace_conv_order)
+from .lean import LeanBatchNorm2d, make_lean
+
+
+def parent_path(path: str) -> str:
+    """``'a.b.c'`` -> ``'a.b'``; ``'a'`` -> ``''`` (the root)."""
+    return path.rpartition('.')[0]
+
+
+def region_modules(layer_paths: Iterable[str]) -> List[str]:
+    """The fine-tuned region: the chosen layer paths and their parent modules (the root excluded), sorted
+    and unique. A parent is the layer's mmcv ``ConvModule``, residual block or head."""
+    modules = set()
+    for path in layer_paths:
+        modules.add(path)
+        parent = parent_path(path)
+        if parent:
+            modules.add(parent)
+    return sorted(modules)
+
+
+class FineTuneRegion:
+    """Which convolutions to fine-tune, how they keep their inputs, and what else trains; :meth:`apply`
+    does it to a model. Every argument is the ``ActivationCompressionHook`` key of the same name (its
+    docstring says what each does); bad values raise ``ValueError`` naming the value and what is allowed.
+
+    After :meth:`apply`: ``layer_paths`` (the chosen convs, in forward order), ``fine_tuned`` (path ->
+    layer), ``eval_norms`` (the BNs to run on running statistics in training: :meth:`set_norms_eval`) and
+    ``region_norms`` (those of them inside the region that still train: what precise BN re-estimates).
+    """
+
+    def __init__(self, method: str = 'hosvd', explained_variance: float = 0.8,
+                 num_layers: Optional[int] = None, layers: Optional[Sequence[str]] = None,
+                 freeze_others: bool = True, lean_region: bool = True,
+                 freeze_region_norm_stats: bool = False, precise_norm_batches: int = 0,
+                 norm_input_bits: Optional[int] = 4, center: bool = True) -> None:
+        if method not in CONV_TYPES:
+            raise ValueError(f'method={method!r} is not allowed; use one of {sorted(CONV_TYPES)}')
+        try:
+            self.explained_variance = validate_explained_variance(explained_variance)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f'explained_variance: {e}') from None
+        if (num_layers is None) == (layers is None):
+            raise ValueError('give exactly one of num_layers=N and layers=[paths], got '
+                             f'num_layers={num_layers!r}, layers={layers!r}')
+        if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, int)
+                                       or num_layers < 1):
+            raise ValueError(f'num_layers={num_layers!r} must be an integer >= 1')
+        if layers is not None and (isinstance(layers, str) or not layers
+                                   or not all(isinstance(p, str) for p in layers)):
+            raise ValueError(f'layers={layers!r} must be a non-empty list of module paths (str)')
+        if len(set(layers or ())) != len(layers or ()):
+            raise ValueError(f'layers={list(layers)!r} names a layer twice')
+        if not isinstance(center, bool):
+            raise ValueError(f'center={center!r} must be True or False')
+        if isinstance(precise_norm_batches, bool) or not isinstance(precise_norm_batches, int) \
+                or precise_norm_batches < 0:
+            raise ValueError(f'precise_norm_batches={precise_norm_batches!r} must be an integer >= 0')
+        if norm_input_bits is not None:
+            try:
+                validate_bits(norm_input_bits)
+            except ValueError:
+                raise ValueError(f'norm_input_bits={norm_input_bits!r} must be one of '
+                                 f'{list(QUANTIZATION_BITS)}, or None to keep region BN inputs whole') from None
+        self.method = method
+        self.num_layers = num_layers
+        self.layers = list(layers) if layers is not None else None
+        self.freeze_others = bool(freeze_others)
+        self.lean_region = bool(lean_region) and method != 'none'
+        self.freeze_region_norm_stats = bool(freeze_region_norm_stats) and self.lean_region
+        if precise_norm_batches and not self.freeze_region_norm_stats:
+            raise ValueError(f'precise_norm_batches={precise_norm_batches} re-estimates the statistics of '
+                             'BNs that run on them: it needs freeze_region_norm_stats=True (and '
+                             'lean_region=True, method svd or hosvd)')
+        self.precise_norm_batches = precise_norm_batches
+        self.norm_input_bits = norm_input_bits
+        self.center = center and method != 'none'
+        self.layer_paths: List[str] = []
+        self.fine_tuned: Dict[str, nn.Conv2d] = {}
+        self.eval_norms: List[_BatchNorm] = []
+        self.region_norms: List[_BatchNorm] = []
+
+    def choose(self, model: nn.Module) -> List[str]:
+        """The conv paths to fine-tune: ``layers`` as given (checked), or the last ``num_layers`` convs of
+        the inference forward that the model does not freeze itself (EMANet's bases)."""
+        if self.layers is not None:
+            for path in self.layers:
+                check_conv_path(model, path)
+            return list(self.layers)
+        trainable = [p for p in trace_inference_convs(model) if model.get_submodule(p).weight.requires_grad]
+        return select_last(trainable, self.num_layers)
+
+    def apply(self, model: nn.Module) -> List[str]:
+        """Choose, swap, make lean and freeze, in place, on a bare (unwrapped) segmentor. Idempotent.
+        Returns the chosen paths; call :meth:`set_norms_eval` after every ``model.train()``."""
+        paths = self.choose(model)
+        swap_convs(model, paths, self.method, self.explained_variance, self.center)
+        if self.lean_region:
+            for root in sorted(set(region_modules(paths)) - set(paths)):
+                make_lean(model.get_submodule(root), self.explained_variance, self.method, self.norm_input_bits)
+        self.fine_tuned = {p: model.get_submodule(p) for p in paths}
+        self.layer_paths = list(paths)
+        trainable_ids = set()
+        if self.freeze_others:
+            trainable = list(self.fine_tuned.values()) + convmodule_norms(model, paths)
+            freeze_all_but(model, trainable)
+            trainable_ids = {id(m) for m in trainable}
+
+        def frozen(m):
+            return (self.freeze_others and id(m) not in trainable_ids
+                    and not any(p.requires_grad for p in m.parameters()))
+
+        self.eval_norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and (
+            frozen(m) or (self.freeze_region_norm_stats and isinstance(m, LeanBatchNorm2d)))]
+        self.region_norms = [m for m in self.eval_norms if isinstance(m, LeanBatchNorm2d) and not frozen(m)]
+        return self.layer_paths
+
+    def set_norms_eval(self) -> None:
+        """Put frozen BNs (and, with ``freeze_region_norm_stats``, the region's BNs) back in
+        running-statistics mode: ``model.train()`` switches them to batch statistics."""
+        for norm in self.eval_norms:
+            norm.eval()
+
+    def stats(self) -> Optional[Dict[str, float]]:
+        """The last step's compression figures of the chosen layers (see
+        :func:`~mmseg_actcomp.ops.convert.compression_stats`), or None before the first."""
+        return compression_stats(self.fine_tuned)
+
+    def summary(self, model: nn.Module) -> str:
+        """A line of the options and the trainable parameter count, then two tables: the chosen layers
+        (path, type, shape of weight, trainable parameters) and the region's BNs (path, the statistics
+        they normalise with, what they keep for backward)."""
+        rows = [('#', 'layer', 'type', 'weight', 'trainable params')]
+        for i, path in enumerate(self.layer_paths, 1):
+            conv = self.fine_tuned[path]
+            rows.append((str(i), path, type(conv).__name__, 'x'.join(map(str, conv.weight.shape)),
+                         str(sum(p.numel() for p in conv.parameters() if p.requires_grad))))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        head = (f'method={self.method}, explained_variance={self.explained_variance}, '
+                f'{len(self.layer_paths)} layers, lean_region={self.lean_region}, '
+                f'freeze_region_norm_stats={self.freeze_region_norm_stats}, '
+                f'precise_norm_batches={self.precise_norm_batches}, '
+                f'norm_input_bits={self.norm_input_bits}, center={self.center}; '
+                f'{trainable}/{total} parameters trainable')
+        norms = [('region BN', 'statistics', 'keeps for backward')]
+        for path, norm in model.named_modules():
+            if isinstance(norm, LeanBatchNorm2d):
+                norms.append((path, *self._norm_behaviour(norm)))
+        text = head + '\n' + align(rows[0], rows[1:], left=len(rows[0]))
+        if len(norms) > 1:
+            text += '\n\n' + align(norms[0], norms[1:], left=len(norms[0]))
+        return text
+
+    def _norm_behaviour(self, norm: LeanBatchNorm2d) -> Tuple[str, str]:
+        """(statistics, what it keeps) of a region BN during training, for :meth:`summary`."""
+        if norm not in self.eval_norms:
+            if norm.input_bits is None:
+                return 'batch', 'its input whole (exact input and affine gradients)'
+            return 'batch', f'its input in {norm.input_bits} bits per element (approximate gradients)'
+        statistics = ('running, re-estimated over '
+                      f'{self.precise_norm_batches} batches at the start' if norm in self.region_norms
+                      and self.precise_norm_batches else 'running')
+        if norm.weight is not None and norm.weight.requires_grad:
+            return statistics, f'x_hat for the gamma gradient, {norm.method} eps {norm.explained_variance}'
+        return statistics, 'nothing'
+
+
+def trace_inference_convs(model: nn.Module) -> List[str]:
+    """Conv paths of an mmseg segmentor in the order its inference forward runs them, traced without
+    grad on a zero image of the preprocessor's size capped at 128x128 (the order does not depend on the
+    size; a 512x512 trace of UPerNet costs seconds on a CPU).
+
+    ``mode='tensor'`` first; ``mode='predict'`` where mmseg's tensor mode does not run (PointRend's
+    cascade), and the preprocessor's full size where 128x128 is too small (LRASPP's 49x49 pooling).
+    """
+    full = tuple(getattr(getattr(model, 'data_preprocessor', None), 'size', None) or (128, 128))
+    capped = tuple(min(s, 128) for s in full)
+    attempts = [(capped, 'tensor'), (capped, 'predict')]
+    if full != capped:
+        attempts += [(full, 'tensor'), (full, 'predict')]
+    param = next(model.parameters())
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    errors = []
+    try:
+        for size, mode in attempts:
+            image = torch.zeros(1, 3, *size, device=param.device, dtype=param.dtype)
+            try:
+                with torch.no_grad():
+                    return trace_conv_order(model, lambda: model(image, None, mode=mode))
+            except (RuntimeError, TypeError, ValueError, IndexError) as e:
+                errors.append(f"mode='{mode}' at {size[0]}x{size[1]}: {type(e).__name__}: {e}")
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    raise ValueError('cannot trace the convolutions of the inference forward to choose num_layers (give '
+                     'layers=[...] instead): ' + '; '.join(errors))
+
+
+def convmodule_norms(model: nn.Module, paths: Sequence[str]) -> List[nn.Module]:
+    """The norm layers of the mmcv ``ConvModule``s whose ``conv`` is at one of ``paths``."""
+    from mmcv.cnn import ConvModule  # the one mmcv type the region knows: a conv's own norm trains with it
+    norms = []
+    for path in paths:
+        parent_name, _, leaf = path.rpartition('.')
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if isinstance(parent, ConvModule) and leaf == 'conv' and parent.with_norm:
+            norms.append(parent.norm)
+    return norms
