@@ -50,6 +50,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from mmseg_actcomp.utils.table import align, kib, markdown_table, times
+
 SAMPLE = 'configs/sample/'
 DEFAULT_CONFIGS = [
     SAMPLE + 'deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py',
@@ -82,7 +84,6 @@ MAX_TIME_RATIO, MAX_REGION_OVER_ESTIMATE, MIN_REGION_REDUCTION = 1.3, 1.25, 20.0
 PAPER_CONFIGS = ['configs/paper_scale/deeplabv3_mv2-d8_hosvd-0.8-10L_1xb8-100it_vocfinetune-512x512.py',
                  'configs/paper_scale/pspnet_mv2-d8_hosvd-0.8-10L_1xb8-100it_vocfinetune-512x512.py']
 PAPER_VARIANTS = ['vanilla', 'hosvd', 'hosvd-exact-bn', 'hosvd-paper']
-KIB = 1024
 
 
 class BenchError(Exception):
@@ -283,14 +284,6 @@ def bench_config(config: str, num_batches: int = 3, steps: int = 5, warmup: int 
 
 
 # ------------------------------------------------------------------------------------------ output
-def _kib(value: Optional[float]) -> str:
-    return '-' if value is None else f'{value / KIB:.1f}'
-
-
-def _x(value: Optional[float], digits: int = 2) -> str:
-    return '-' if value is None else f'{value:.{digits}f}x'
-
-
 TABLE_HEADER = ('variant', 'step ms', 't/van', 'saved KiB', 's/van', 'region KiB', 'r/van', 'rest KiB',
                 'estimate KiB', 'region/est')
 
@@ -302,10 +295,10 @@ def table_rows(result: dict) -> List[List[str]]:
     for name, v in result['variants'].items():
         m, bm = v['measured_bytes'], base['measured_bytes']
         time_ratio = _ratio(v['step_median_s'], base['step_median_s'])
-        rows.append([name, f"{v['step_median_s'] * 1e3:.0f}", _x(time_ratio),
-                     _kib(m['total']), _x(_ratio(m['total'], bm['total'])), _kib(m['region']),
-                     _x(_ratio(m['region'], bm['region']), 3), _kib(m['rest']), _kib(v['estimate_bytes']),
-                     _x(_ratio(m['region'], v['estimate_bytes']))])
+        rows.append([name, f"{v['step_median_s'] * 1e3:.0f}", times(time_ratio, 2),
+                     kib(m['total']), times(_ratio(m['total'], bm['total']), 2), kib(m['region']),
+                     times(_ratio(m['region'], bm['region']), 3), kib(m['rest']), kib(v['estimate_bytes']),
+                     times(_ratio(m['region'], v['estimate_bytes']), 2)])
     return rows
 
 
@@ -317,12 +310,12 @@ def per_op_rows(result: dict, variant: str = TARGET_VARIANT) -> List[List[str]]:
     per_op = result['variants'][variant]['per_op_region']
     total = sum(r['bytes'] for r in per_op.values()) or 1
     from mmseg_actcomp.memory.report import OP_KEEPS
-    return [[op, OP_KEEPS.get(op, '-'), _kib(r['bytes']), f"{100 * r['bytes'] / total:.0f}%",
+    return [[op, OP_KEEPS.get(op, '-'), kib(r['bytes']), f"{100 * r['bytes'] / total:.0f}%",
              f"{r['saves']:g}"] for op, r in per_op.items()]
 
 
 def target_lines(result: dict) -> List[str]:
-    return [f"{'met' if t['met'] else 'MISSED'}: {t['target']}: measured {_x(t['value'])}"
+    return [f"{'met' if t['met'] else 'MISSED'}: {t['target']}: measured {times(t['value'], 2)}"
             for t in result['targets']]
 
 
@@ -337,7 +330,6 @@ def _model_head(result: dict) -> List[str]:
 
 
 def format_text(results: Sequence[dict], meta: dict) -> str:
-    from mmseg_actcomp.memory.report import align
     parts = [f"threads {meta['threads']}, steps {meta['steps']} (warm-up {meta['warmup']}), "
              f"load average {meta['load_start']} -> {meta['load_end']}"]
     for result in results:
@@ -397,15 +389,10 @@ def summary_lines(results: Sequence[dict]) -> List[str]:
     for r in results:
         rests = [r['variants'][v]['measured_bytes']['rest'] for v in (TARGET_VARIANT, BASELINE)]
         if rests[0] > rests[1]:
-            lines.append(f"{r['model']}: HOSVD's rest is {_kib(rests[0] - rests[1])} KiB above vanilla's: "
+            lines.append(f"{r['model']}: HOSVD's rest is {kib(rests[0] - rests[1])} KiB above vanilla's: "
                          "a storage that vanilla's region also kept (so counted there) is counted in the "
                          "rest once the region keeps it no more, e.g. the frozen auxiliary head's input.")
     return lines
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    return '\n'.join(lines + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
 
 
 def format_markdown(results: Sequence[dict], meta: dict) -> str:
@@ -424,9 +411,9 @@ def format_markdown(results: Sequence[dict], meta: dict) -> str:
     out += ['## Summary', '', '- ' + '\n- '.join(summary_lines(results)), '']
     for result in results:
         out += [f"## {result['model']}", '', '- ' + '\n- '.join(_model_head(result)), '',
-                _md_table(TABLE_HEADER, table_rows(result)), '',
+                markdown_table(TABLE_HEADER, table_rows(result)), '',
                 'Targets (HOSVD, issue):', '', '- ' + '\n- '.join(target_lines(result)), '',
-                _md_table(PER_OP_HEADER, per_op_rows(result)), '']
+                markdown_table(PER_OP_HEADER, per_op_rows(result)), '']
     return '\n'.join(out)
 
 

@@ -274,8 +274,8 @@ def markdown_table(rows: List[dict], total: Dict[str, dict]) -> str:
     body.append(['**total**', '', '', '', f"{pre['kept_bytes'] / 1024:.1f}",
                  f"{rnd['kept_bytes'] / 1024:.1f}", f"{pre['vanilla_bytes'] / 1024:.0f}",
                  f"{100 * pre['ratio']:.3f}", f"{100 * rnd['ratio']:.3f}"])
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] * 2 + ['--:'] * 7) + '|']
-    return '\n'.join(lines + ['| ' + ' | '.join(cells) + ' |' for cells in body])
+    from mmseg_actcomp.utils.table import markdown_table
+    return markdown_table(header, body, right=7)
 
 
 def summary_lines(result: dict) -> List[str]:

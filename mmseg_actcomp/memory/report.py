@@ -11,7 +11,7 @@ import os.path as osp
 from statistics import mean
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from ..utils.table import align
+from ..utils.table import align, kib, times
 from .layers import LayerStep
 from .measure import StepMemory
 from .region import REGION_RULE, region_modules
@@ -122,23 +122,15 @@ def _shape_text(values: Optional[Iterable[int]], sep: str = 'x') -> str:
     return '-' if values is None else sep.join(str(v) for v in values)
 
 
-def _kib(value: Optional[float]) -> str:
-    return '-' if value is None else f'{value / 1024:.1f}'
-
-
-def _times(value: Optional[float]) -> str:
-    return '-' if value is None else f'{value:.1f}x'
-
-
 def _layer_table(report: dict) -> str:
     header = ('layer', 'type', 'input shape', 'ranks (max)', 'vanilla KiB', 'kept KiB', 'ratio')
     rows = [(r['path'], r['type'] or '-', _shape_text(r['input_shape']), _shape_text(r['ranks']),
-             _kib(r['vanilla_bytes']), _kib(r['kept_bytes']), _times(r['ratio']))
+             kib(r['vanilla_bytes']), kib(r['kept_bytes']), times(r['ratio']))
             for r in report['layers']]
     estimate = report['totals']['estimate']
     if estimate is not None:
-        rows.append(('total (estimate, mean)', '', '', '', _kib(estimate['vanilla']['mean_bytes']),
-                     _kib(estimate['mean_bytes']), _times(estimate['ratio'])))
+        rows.append(('total (estimate, mean)', '', '', '', kib(estimate['vanilla']['mean_bytes']),
+                     kib(estimate['mean_bytes']), times(estimate['ratio'])))
     return align(header, rows, left=4)
 
 
