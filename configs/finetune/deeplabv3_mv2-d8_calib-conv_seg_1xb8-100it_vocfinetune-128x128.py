@@ -3,9 +3,5 @@
 # features takes a large rate; 100 iterations bring it close to what those features allow, so that the
 # fine-tuning gain measures better features, not a half-trained classifier.
 #   python tools/train.py THIS_CONFIG --cfg-options load_from=<stage 1 checkpoint>
-_base_ = './deeplabv3_mv2-d8_1xb8-100it_vocfinetune-128x128.py'
+_base_ = ['./deeplabv3_mv2-d8_1xb8-100it_vocfinetune-128x128.py', '../_base_/calibrate_conv_seg.py']
 optim_wrapper = dict(optimizer=dict(lr=0.1))
-custom_hooks = [
-    dict(type='ActivationCompressionHook', method='none', layers=['decode_head.conv_seg'],
-         require_load_from=True)
-]

@@ -9,7 +9,6 @@ _base_ = [
 ]
 crop_size = (512, 512)
 model = dict(data_preprocessor=dict(size=crop_size))
-optim_wrapper = dict(optimizer=dict(lr=0.03))
 custom_hooks = [
     dict(type='ActivationCompressionHook', method='hosvd', explained_variance=0.8,
          layers={{_base_.layers_10L}}, require_load_from=True)

@@ -1,4 +1,5 @@
-# Calibration: 1k iterations that train only the classifier from a given checkpoint, before fine-tuning.
+# Calibration's schedule: 1k iterations of ./finetune_20k.py's SGD (100 warm-up, then cosine), one validation
+# and checkpoint at the end. What trains (the classifier alone) is the hook of ../calibrate_conv_seg.py.
 _base_ = './finetune_20k.py'
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=100),
