@@ -29,10 +29,11 @@ def load_script(relative_path):
     return module
 
 
-def run_tool(args, cwd, timeout=600):
-    """Run a Python tool as a user would; return the CompletedProcess (stdout+stderr merged)."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    return subprocess.run([sys.executable] + [str(a) for a in args], cwd=cwd, env=env, timeout=timeout,
+def run_tool(args, cwd, timeout=600, python=sys.executable, env=None):
+    """Run a Python tool as a user would, with this interpreter or ``python`` (another venv's) and the
+    environment updated by ``env``; return the CompletedProcess (stdout+stderr merged)."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+    return subprocess.run([str(python)] + [str(a) for a in args], cwd=cwd, env=env, timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
