@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA checks, on a machine with an NVIDIA GPU, in under 8 minutes:
-#   1. the tests marked `cuda` (tests/test_cuda.py): a training step's peak memory, float16 AMP training
+#   1. the tests marked `cuda` (tests/test_benchmarks/test_cuda.py): a training step's peak memory, float16 AMP training
 #      with GradScaler, gradients equal to the CPU's;
 #   2. the step benchmark on the sample models on CUDA -> docs/bench_step_cuda.{json,md};
 #   3. with the ImageNet MobileNetV2 weights present (make weights), the paper-scale step benchmark on CUDA

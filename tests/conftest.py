@@ -5,6 +5,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd.graph import saved_tensors_hooks
+
+from mmseg_actcomp.compression import unfold
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SAMPLE_CONFIG = osp.join(REPO, 'configs', 'sample', 'deeplabv3_r18-d8_1xb2-20it_vocsample-128x128.py')
@@ -49,3 +54,67 @@ def build_model_from_config(config, cfg_options=None):
         cfg.merge_from_dict(cfg_options)
     init_default_scope('mmseg')
     return cfg, MODELS.build(cfg.model)
+
+
+# ------------------------------------------------------------------ test tensors and autograd records
+@pytest.fixture(scope='module')
+def single_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures('single_thread')``): the test
+    tensors are tiny, and OpenMP's fork/join per op costs more than it gains, ten times more when other
+    jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def low_rank_activation(shape, components=6, noise=0.2, seed=0, dtype=torch.float32):
+    """``ReLU(sum_j a_j (x) c_j (x) s_j / j + noise)``: batch and channel loadings times smooth spatial
+    fields with decaying weight, plus noise, rectified; ``shape = (B, C, H, W)``. Its spectra decay in
+    every mode without being exactly low-rank, like a conv activation's."""
+    g = torch.Generator().manual_seed(seed)
+    b, c, h, w = shape
+    coarse = torch.randn(components, 1, 3, 3, generator=g)
+    fields = F.interpolate(coarse, size=(h, w), mode='bilinear', align_corners=True)[:, 0]
+    weights = 1.0 / torch.arange(1, components + 1)
+    x = torch.einsum('j,bj,cj,jhw->bchw', weights, torch.randn(b, components, generator=g),
+                     torch.randn(c, components, generator=g), fields)
+    x = x + noise * x.std() * torch.randn(shape, generator=g)
+    return x.relu().to(dtype)
+
+
+def explained_variance_curve(x, mode):
+    """Cumulative explained variance of the mode-``mode`` unfolding, from an exact float64 SVD."""
+    energy = torch.linalg.svdvals(unfold(x.double(), mode)).square()
+    return energy.cumsum(0) / energy.sum()
+
+
+def assert_rank_meets_threshold(rank, curve, eps):
+    """``rank`` is the smallest ``k`` with ``curve[k - 1] >= eps``."""
+    assert curve[rank - 1] >= eps, (rank, curve[rank - 1].item(), eps)
+    assert rank == 1 or curve[rank - 2] < eps, (rank, curve[rank - 2].item(), eps)
+
+
+def saved_tensors(fn):
+    """Run ``fn()`` recording every tensor autograd saves for backward; returns (result, tensors)."""
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with saved_tensors_hooks(pack, lambda tensor: tensor):
+        result = fn()
+    return result, saved
+
+
+def assert_close_in_norm(actual, expected, rtol):
+    """Relative error in Frobenius norm: the meaningful one for half precision, where single small
+    entries of a sum can be off by more than their own size."""
+    error = (actual.float() - expected.float()).norm() / expected.float().norm()
+    assert error <= rtol, error
+
+
+def non_parameter(saved, module):
+    params = {p.data_ptr() for p in module.parameters()}
+    return [t for t in saved if t.data_ptr() not in params]

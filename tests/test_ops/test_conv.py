@@ -5,15 +5,16 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from torch.autograd.graph import saved_tensors_hooks
 from torch.func import functional_call
 from torch.nn.grad import conv2d_weight
 
 from mmseg_actcomp.compression import (METHODS, NonFiniteActivationError, compress, reconstruct,
                                        storage_bytes)
 from mmseg_actcomp.ops import (CompressedConv2d, HOSVDConv2d, SVDConv2d, compressed_conv2d)
-from test_compression import (assert_rank_meets_threshold, explained_variance_curve, low_rank_activation,
-                              single_thread)  # noqa: F401 (an autouse fixture)
+from conftest import (assert_close_in_norm, assert_rank_meets_threshold, explained_variance_curve,
+                      low_rank_activation, non_parameter, saved_tensors)
+
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 LAYERS = [SVDConv2d, HOSVDConv2d]
 
@@ -52,31 +53,6 @@ def grads(module, x, grad_output=None):
         if grad_output is None else grad_output
     params = [module.weight] + ([module.bias] if module.bias is not None else [])
     return (out,) + torch.autograd.grad(out, [x] + params, grad_output)
-
-
-def saved_tensors(fn):
-    """Run ``fn()`` recording every tensor autograd saves for backward; returns (result, tensors)."""
-    saved = []
-
-    def pack(tensor):
-        saved.append(tensor)
-        return tensor
-
-    with saved_tensors_hooks(pack, lambda tensor: tensor):
-        result = fn()
-    return result, saved
-
-
-def assert_close_in_norm(actual, expected, rtol):
-    """Relative error in Frobenius norm: the meaningful one for half precision, where single small
-    entries of a sum can be off by more than their own size."""
-    error = (actual.float() - expected.float()).norm() / expected.float().norm()
-    assert error <= rtol, error
-
-
-def non_parameter(saved, module):
-    params = {p.data_ptr() for p in module.parameters()}
-    return [t for t in saved if t.data_ptr() not in params]
 
 
 # --- exactness at eps = 1 -----------------------------------------------------------------------------

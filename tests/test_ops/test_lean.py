@@ -17,8 +17,9 @@ from mmseg_actcomp.memory import measure_step
 from mmseg_actcomp.ops import (HOSVDConv2d, LeanAdaptiveAvgPool2d, LeanBatchNorm2d, LeanConv2d,
                                PackedMaskReLU, RegeneratedDropout, make_lean)
 from mmseg_actcomp.ops.lean import channel_inner_products, pack_bits, unpack_bits
-from test_compression import low_rank_activation, single_thread  # noqa: F401 (an autouse fixture)
-from test_ops_conv import saved_tensors
+from conftest import low_rank_activation, saved_tensors
+
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 INT_OF = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
           torch.float64: torch.int64}

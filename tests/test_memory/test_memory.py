@@ -203,7 +203,7 @@ def test_cpu_peak_of_a_sample_segmentor_falls_with_compression():
     vanilla fine-tuning of the same 10 layers."""
     from conftest import build_model_from_config
     from mmseg_actcomp.hooks import ActivationCompressionHook
-    from test_compression import low_rank_activation
+    from conftest import low_rank_activation
 
     x = low_rank_activation((2, 3, 96, 96), components=12, noise=0.5)
     peaks = {}

@@ -4,7 +4,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mmseg_actcomp.compression import (METHODS, NonFiniteActivationError, Tucker, compress, hosvd,
                                        mode_gram, mode_product, multi_mode_product,
@@ -12,44 +11,11 @@ from mmseg_actcomp.compression import (METHODS, NonFiniteActivationError, Tucker
                                        storage_elements, svd, svd_storage_elements,
                                        tucker_storage_elements, unfold, validate_explained_variance)
 
+from conftest import assert_rank_meets_threshold, explained_variance_curve, low_rank_activation
+
+pytestmark = pytest.mark.usefixtures('single_thread')
+
 EPSILONS = (0.5, 0.7, 0.8, 0.9, 0.95)
-
-
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """The test tensors are tiny: OpenMP's fork/join per op costs more than it gains, and ten times
-    more when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def low_rank_activation(shape, components=6, noise=0.2, seed=0, dtype=torch.float32):
-    """``ReLU(sum_j a_j (x) c_j (x) s_j / j + noise)``: batch and channel loadings times smooth spatial
-    fields with decaying weight, plus noise, rectified; ``shape = (B, C, H, W)``. Its spectra decay in
-    every mode without being exactly low-rank, like a conv activation's."""
-    g = torch.Generator().manual_seed(seed)
-    b, c, h, w = shape
-    coarse = torch.randn(components, 1, 3, 3, generator=g)
-    fields = F.interpolate(coarse, size=(h, w), mode='bilinear', align_corners=True)[:, 0]
-    weights = 1.0 / torch.arange(1, components + 1)
-    x = torch.einsum('j,bj,cj,jhw->bchw', weights, torch.randn(b, components, generator=g),
-                     torch.randn(c, components, generator=g), fields)
-    x = x + noise * x.std() * torch.randn(shape, generator=g)
-    return x.relu().to(dtype)
-
-
-def explained_variance_curve(x, mode):
-    """Cumulative explained variance of the mode-``mode`` unfolding, from an exact float64 SVD."""
-    energy = torch.linalg.svdvals(unfold(x.double(), mode)).square()
-    return energy.cumsum(0) / energy.sum()
-
-
-def assert_rank_meets_threshold(rank, curve, eps):
-    """``rank`` is the smallest ``k`` with ``curve[k - 1] >= eps``."""
-    assert curve[rank - 1] >= eps, (rank, curve[rank - 1].item(), eps)
-    assert rank == 1 or curve[rank - 2] < eps, (rank, curve[rank - 2].item(), eps)
 
 
 # --- mode algebra ------------------------------------------------------------------------------------

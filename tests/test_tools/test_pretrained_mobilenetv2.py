@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+REPO = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 if importlib.util.find_spec('mmseg_actcomp') is None:
     # A checkout without `pip install -e .`: test the repo's package.
     sys.path.insert(0, REPO)

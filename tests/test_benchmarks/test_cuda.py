@@ -96,7 +96,7 @@ def _layer_grads(device):
     from torch import nn
 
     from mmseg_actcomp.ops import HOSVDConv2d, SVDConv2d, make_lean
-    from test_compression import low_rank_activation
+    from conftest import low_rank_activation
     torch.manual_seed(0)
     first = HOSVDConv2d.from_conv(nn.Conv2d(16, 24, 3, padding=1), 0.8)
     last = SVDConv2d.from_conv(nn.Conv2d(24, 8, 1), 0.8)
