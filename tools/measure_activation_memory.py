@@ -9,9 +9,11 @@ The first form runs real forward+backward steps on the config's train data with 
 ActivationCompressionHook applied, prints the tables and writes memory.json and memory.csv to --out-dir
 (default work_dirs/memory/<config name>). The second reads such memory.json files and the mIoU of each
 run (--logs, or the --log recorded when measuring: a work dir, scalars.json or text log) and draws the
-Pareto plot. The logic lives in mmseg_actcomp.memory.
+Pareto plot. The logic lives in mmseg_actcomp.memory (measurement) and mmseg_actcomp.apis (the config's
+side, its checks).
 """
 import argparse
+import importlib.util
 import os
 import os.path as osp
 import sys
@@ -69,6 +71,20 @@ def compare(args) -> None:
     print(f'\nwrote {args.out}')
 
 
+def _hint(exc) -> str:
+    """tools/mmseg_tool.py's hint (the commands of this checkout that make missing weights or data) for
+    the typed config error behind ``exc``, if any."""
+    from mmseg_actcomp.apis import ConfigError
+    cause = exc if isinstance(exc, ConfigError) else exc.__cause__
+    if not isinstance(cause, ConfigError):
+        return ''
+    spec = importlib.util.spec_from_file_location('mmseg_tool', osp.join(osp.dirname(osp.abspath(__file__)),
+                                                                         'mmseg_tool.py'))
+    mmseg_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mmseg_tool)
+    return mmseg_tool.hint(cause)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     from mmseg_actcomp.apis import MeasureError
@@ -77,7 +93,7 @@ def main(argv=None) -> None:
     except (MeasureError, ValueError, FileNotFoundError) as exc:
         if os.environ.get('MMSEG_ACTCOMP_TRACEBACK'):
             raise
-        print(f'\nerror: {exc}', file=sys.stderr)
+        print(f'\nerror: {exc}{_hint(exc)}', file=sys.stderr)
         sys.exit(1)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..memory import build_report, measure_steps
 from ..ops.region import FineTuneRegion
+from .checks import ConfigError, check_checkpoints, check_datasets, check_plugin_imports, check_types
 
 HOOK_TYPE = 'ActivationCompressionHook'
 NO_HOOK_NOTE = (f'no {HOOK_TYPE} in custom_hooks: the whole model is measured as the config trains it '
@@ -36,16 +37,13 @@ class MeasureError(Exception):
 
 @contextlib.contextmanager
 def explained_errors(what: str):
-    """Re-raise the errors users meet first (missing config or data, unregistered type) as
-    :class:`MeasureError` with the fix, via :func:`mmseg_actcomp.utils.explain_error`."""
-    from ..utils import explain_error
+    """Re-raise a :class:`~mmseg_actcomp.apis.checks.ConfigError` (the checks of
+    :mod:`~mmseg_actcomp.apis.checks`, a bad hook entry) as :class:`MeasureError` ``'{what}: ...'``,
+    the typed error as its cause."""
     try:
         yield
-    except (FileNotFoundError, KeyError, AssertionError) as exc:
-        message = explain_error(exc)
-        if message is None:
-            raise
-        raise MeasureError(f'{what}: {message}') from exc
+    except ConfigError as exc:
+        raise MeasureError(f'{what}: {exc}') from exc
 
 
 def check_device(device: str) -> torch.device:
@@ -64,16 +62,20 @@ def check_device(device: str) -> torch.device:
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     """The config at ``path`` with ``cfg_options`` merged, mmseg's default scope set and its
-    ``custom_imports`` imported (which registers the plugin's layers and hook)."""
+    ``custom_imports`` imported (which registers the plugin's layers and hook); its types checked
+    (:func:`~mmseg_actcomp.apis.checks.check_plugin_imports`, :func:`~mmseg_actcomp.apis.checks.check_types`).
+    Data and checkpoints are checked where they are read (:func:`train_batches`, :func:`build_segmentor`)."""
     if not osp.isfile(path):
-        with explained_errors('config'):
-            raise FileNotFoundError(2, 'No such file', path)
+        raise MeasureError(f'config file {path!r} does not exist')
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg.custom_imports)
+    with explained_errors('config'):
+        check_plugin_imports(cfg)
+        check_types(cfg)
     return cfg
 
 
@@ -111,6 +113,7 @@ def build_segmentor(cfg: Config, checkpoint: Optional[str] = None) -> nn.Module:
     config's ``load_from`` when no checkpoint is given)."""
     from mmseg.registry import MODELS
     with explained_errors('model'):
+        check_checkpoints(cfg, load_from=False)  # the model's own (Pretrained); load_from: load_weights
         model = MODELS.build(cfg.model)
     with _quiet_logs():
         model.init_weights()
@@ -156,6 +159,7 @@ def set_train_mode(model: nn.Module, region: Optional[FineTuneRegion]) -> None:
 def train_batches(cfg: Config, num_batches: int, seed: int = 0) -> List[dict]:
     """The first ``num_batches`` batches of the config's train dataloader (fewer if it has fewer)."""
     with explained_errors('train_dataloader'):
+        check_datasets(cfg, ('train_dataloader',))
         loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
         batches = list(islice(iter(loader), num_batches))
     if len(batches) < num_batches:

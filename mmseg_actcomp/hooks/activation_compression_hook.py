@@ -9,6 +9,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
+from ..apis.checks import HookConfigError
 from ..ops.precise_bn import precise_norm_stats
 from ..ops.region import FineTuneRegion
 
@@ -30,7 +31,8 @@ class ActivationCompressionHook(Hook):
 
     The hook is glue: every key but ``require_load_from`` goes to
     :class:`~mmseg_actcomp.ops.region.FineTuneRegion` (``hook.region``), which does the surgery and which
-    the memory tool and the benchmarks call without a runner.
+    the memory tool and the benchmarks call without a runner. A bad entry raises
+    :class:`~mmseg_actcomp.apis.checks.HookConfigError` (a ``ValueError``) naming the key and the value.
 
     Args:
         method (str): ``'hosvd'``, ``'svd'``, or ``'none'`` (fine-tune the same layers without
@@ -97,24 +99,24 @@ class ActivationCompressionHook(Hook):
                 freeze_region_norm_stats=freeze_region_norm_stats, precise_norm_batches=precise_norm_batches,
                 norm_input_bits=norm_input_bits, center=center)
         except ValueError as e:
-            raise ValueError(f'ActivationCompressionHook: {e}') from None
+            raise HookConfigError(f'ActivationCompressionHook: {e}') from None
         self.require_load_from = bool(require_load_from)
 
     def before_run(self, runner) -> None:
         """Do the surgery (:meth:`FineTuneRegion.apply`) on the bare model, re-wrap DDP, log the summary."""
         twins = [h for h in runner.hooks if isinstance(h, ActivationCompressionHook)]
         if len(twins) > 1:
-            raise ValueError(f'ActivationCompressionHook is given {len(twins)} times in custom_hooks; '
-                             'give it once (use layers=[...] to choose several layers)')
+            raise HookConfigError(f'ActivationCompressionHook is given {len(twins)} times in custom_hooks; '
+                                  'give it once (use layers=[...] to choose several layers)')
         if self.require_load_from and not (runner.cfg.get('load_from') or runner.cfg.get('resume')):
-            raise ValueError('ActivationCompressionHook(require_load_from=True): this config fine-tunes '
-                             'a trained network but load_from is not set; add '
-                             '--cfg-options load_from=CHECKPOINT (or --resume)')
+            raise HookConfigError('ActivationCompressionHook(require_load_from=True): this config fine-tunes '
+                                  'a trained network but load_from is not set; add '
+                                  '--cfg-options load_from=CHECKPOINT (or --resume)')
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         try:
             self.region.apply(model)
         except ValueError as e:
-            raise ValueError(f'ActivationCompressionHook: {e}') from None
+            raise HookConfigError(f'ActivationCompressionHook: {e}') from None
         if is_model_wrapper(runner.model) and self.region.freeze_others:
             # DDP records which parameters need gradients when it wraps the model: wrap again now that
             # the frozen ones are frozen, and drop the old wrapper (and its reducer hooks) first.

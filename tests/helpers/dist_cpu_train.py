@@ -5,14 +5,21 @@ CPU-only torch cannot do; it skips its own set-up when a group already exists, s
 Used by the DDP test as ``python -m torch.distributed.run --nproc_per_node=2 THIS CONFIG --launcher
 pytorch ...`` (with ``model_wrapper_cfg.device_ids=None``: DDP on CPU takes no device ids).
 """
+import importlib.util
+import os.path as osp
+
 import torch.distributed as dist
 
-from mmseg_actcomp.utils import run_mmseg_tool
+# tools/mmseg_tool.py (tools/ is not a package): the runner behind tools/train.py
+_spec = importlib.util.spec_from_file_location(
+    'mmseg_tool', osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'tools', 'mmseg_tool.py'))
+mmseg_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mmseg_tool)
 
 if __name__ == '__main__':
     dist.init_process_group(backend='gloo')
     try:
-        run_mmseg_tool('train.py')
+        mmseg_tool.run_mmseg_tool('train.py')
     finally:
         # Leave together and close gloo's threads before the interpreter exits: left to shutdown, one
         # rank was seen aborting ("terminate called without an active exception", exit -6) after a

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 CROP, EPS = 64, 0.8
 # The script's functions, as a namespace (benchmarks/ is not a package).
@@ -16,13 +16,13 @@ ranks_real = SimpleNamespace(**runpy.run_path(osp.join(REPO, 'benchmarks', 'rank
 @pytest.fixture(scope='module')
 def backbone_weights(tmp_path_factory):
     """The converted ImageNet MobileNetV2 backbone, written from the weights package (skip without it)."""
-    from mmseg_actcomp.pretrained import convert_checkpoint_file, find_torchvision_mobilenet_v2_checkpoint
+    converter = load_script('tools/model_converters/mobilenetv2_torchvision2mmseg.py')
     try:
-        find_torchvision_mobilenet_v2_checkpoint()
+        converter.find_torchvision_mobilenet_v2_checkpoint()
     except (ImportError, FileNotFoundError) as exc:
         pytest.skip(f'weights package missing: {exc}')
     dst = str(tmp_path_factory.mktemp('pretrained') / 'mobilenet_v2_imagenet.pth')
-    convert_checkpoint_file(None, dst)
+    converter.convert_checkpoint_file(None, dst)
     return dst
 
 

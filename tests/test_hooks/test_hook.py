@@ -261,7 +261,10 @@ def test_a_config_name_that_disagrees_with_its_hook_is_caught(name, hooks):
 @pytest.mark.slow
 @pytest.mark.parametrize('config', ALL_CONFIGS, ids=lambda c: osp.relpath(c, osp.join(REPO, 'configs')))
 def test_every_config_builds_and_its_layers_exist(config):
+    from mmseg_actcomp.apis.checks import check_plugin_imports, check_types
     cfg, model = build_model_from_config(config)
+    check_plugin_imports(cfg)  # no false alarm of the checks tools/train.py runs first
+    check_types(cfg)
     assert cfg.model.backbone.norm_cfg.type == 'BN'
     hooks = [h for h in cfg.get('custom_hooks', []) if h['type'] == 'ActivationCompressionHook']
     assert_name_matches_hook(config, hooks)

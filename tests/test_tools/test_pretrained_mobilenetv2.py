@@ -19,22 +19,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-REPO = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
-if importlib.util.find_spec('mmseg_actcomp') is None:
-    # A checkout without `pip install -e .`: test the repo's package.
-    sys.path.insert(0, REPO)
+from conftest import REPO, load_script
 
-from mmseg_actcomp import pretrained  # noqa: E402
-
-TOOL = osp.join(REPO, 'tools', 'model_converters',
-                'mobilenetv2_torchvision2mmseg.py')
+# The converter is a self-contained script (as mmseg's tools/model_converters/*.py): its functions, imported.
+CONVERTER = 'tools/model_converters/mobilenetv2_torchvision2mmseg.py'
+TOOL = osp.join(REPO, CONVERTER)
+converter = load_script(CONVERTER)
 D8_CONFIG = ('mmseg::mobilenet_v2/'
              'mobilenet-v2-d8_deeplabv3_4xb2-80k_cityscapes-512x1024.py')
 
-if importlib.util.find_spec(pretrained.WEIGHTS_PACKAGE) is None:
+if importlib.util.find_spec(converter.WEIGHTS_PACKAGE) is None:
     pytest.skip(
-        f'{pretrained.WEIGHTS_PACKAGE} not installed: '
-        f'{pretrained.INSTALL_HINT}',
+        f'{converter.WEIGHTS_PACKAGE} not installed: '
+        f'{converter.INSTALL_HINT}',
         allow_module_level=True)
 
 MobileNetV2 = pytest.importorskip('mmseg.models.backbones').MobileNetV2
@@ -109,7 +106,7 @@ class RefMobileNetV2(nn.Module):
 # ----------------------------------------------------------------- fixtures
 @pytest.fixture(scope='module')
 def src_path():
-    return pretrained.find_torchvision_mobilenet_v2_checkpoint()
+    return converter.find_torchvision_mobilenet_v2_checkpoint()
 
 
 @pytest.fixture(scope='module')
@@ -119,7 +116,7 @@ def src_state(src_path):
 
 @pytest.fixture(scope='module')
 def converted(src_state):
-    return pretrained.convert_torchvision_mobilenet_v2(src_state)
+    return converter.convert_torchvision_mobilenet_v2(src_state)
 
 
 @pytest.fixture(scope='module')
@@ -174,7 +171,7 @@ def test_every_backbone_tensor_loaded(src_state, converted, arch):
     result = model.load_state_dict(_strip(converted), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     # Only the classification tail is left out, and nothing else is lost.
-    dropped = set(pretrained.dropped_torchvision_keys(src_state))
+    dropped = set(converter.dropped_torchvision_keys(src_state))
     assert dropped == {
         k for k in src_state if k.startswith(('features.18.', 'classifier.'))}
     assert {k.split('.')[0] + '.' + k.split('.')[1]
@@ -188,7 +185,7 @@ def test_every_backbone_tensor_loaded(src_state, converted, arch):
 def test_missing_num_batches_tracked_is_filled(src_state):
     old_style = {k: v for k, v in src_state.items()
                  if not k.endswith('num_batches_tracked')}
-    out = pretrained.convert_torchvision_mobilenet_v2(old_style)
+    out = converter.convert_torchvision_mobilenet_v2(old_style)
     model = MobileNetV2()
     model.load_state_dict(_strip(out), strict=True)
     nbt = [v for k, v in out.items() if k.endswith('num_batches_tracked')]
@@ -198,14 +195,14 @@ def test_missing_num_batches_tracked_is_filled(src_state):
 
 def test_foreign_keys_are_rejected(src_state):
     with pytest.raises(KeyError, match='module.features'):
-        pretrained.convert_torchvision_mobilenet_v2(
+        converter.convert_torchvision_mobilenet_v2(
             {'module.' + k: v for k, v in src_state.items()})
     # features.1 has no expand conv: a 4th sub-module cannot belong to it.
     with pytest.raises(KeyError):
-        pretrained.torchvision_to_mmseg_key('features.1.conv.3.weight')
-    assert pretrained.torchvision_to_mmseg_key(
+        converter.torchvision_to_mmseg_key('features.1.conv.3.weight')
+    assert converter.torchvision_to_mmseg_key(
         'features.1.conv.2.bias') == 'layer1.0.conv.1.bn.bias'
-    assert pretrained.torchvision_to_mmseg_key(
+    assert converter.torchvision_to_mmseg_key(
         'features.17.conv.3.weight') == 'layer7.0.conv.2.bn.weight'
 
 
@@ -270,20 +267,20 @@ def test_missing_weights_package_message(monkeypatch, tmp_path):
     real_find_spec = importlib.util.find_spec
 
     def no_weights(name, *args, **kwargs):
-        if name == pretrained.WEIGHTS_PACKAGE:
+        if name == converter.WEIGHTS_PACKAGE:
             return None
         return real_find_spec(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib.util, 'find_spec', no_weights)
     with pytest.raises(ImportError) as err:
-        pretrained.find_torchvision_mobilenet_v2_checkpoint()
-    assert pretrained.INSTALL_HINT in str(err.value)
+        converter.find_torchvision_mobilenet_v2_checkpoint()
+    assert converter.INSTALL_HINT in str(err.value)
 
     # The CLI with no SRC: exit 1, the exact pip line, and no file written.
     dst = tmp_path / 'out.pth'
     code = textwrap.dedent(f"""
         import runpy, sys
-        sys.modules[{pretrained.WEIGHTS_PACKAGE!r}] = None  # uninstalled
+        sys.modules[{converter.WEIGHTS_PACKAGE!r}] = None  # uninstalled
         sys.argv = ['tool', {str(dst)!r}]
         runpy.run_path({TOOL!r}, run_name='__main__')
     """)
@@ -299,9 +296,28 @@ def test_missing_weights_package_message(monkeypatch, tmp_path):
 def test_missing_src_path_message(tmp_path):
     dst = tmp_path / 'out.pth'
     with pytest.raises(FileNotFoundError, match='does not exist'):
-        pretrained.convert_checkpoint_file(str(tmp_path / 'nope.pth'),
-                                           str(dst))
+        converter.convert_checkpoint_file(str(tmp_path / 'nope.pth'), str(dst))
     assert not dst.exists()
+
+
+def test_output_defaults_to_what_the_configs_load():
+    """The weights path is written once, in the configs: the tool's default DST is read from there."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(REPO, 'configs', '_base_', 'models', 'deeplabv3_mv2-d8.py'))
+    assert converter.default_output() == cfg.model.backbone.init_cfg.checkpoint
+    for argv, paths in (([], (None, None)), (['d.pth'], (None, 'd.pth')), (['s.pth', 'd.pth'], ('s.pth', 'd.pth'))):
+        args = converter.parse_args(argv)
+        assert (args.src, args.dst) == paths
+
+
+def test_existing_output_is_left_alone(tmp_path, capsys):
+    """So that `make weights` runs the tool each time; --force rewrites (here: fails on a bad SRC)."""
+    dst = tmp_path / 'out.pth'
+    dst.write_bytes(b'kept')
+    converter.main([str(dst)])
+    assert dst.read_bytes() == b'kept' and 'left as it is' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match='does not exist'):
+        converter.main([str(tmp_path / 'nope.pth'), str(dst), '--force'])
 
 
 def test_config_line_loads_into_mmseg_segmentor(cli_checkpoint, converted,
