@@ -1,11 +1,12 @@
 # The two commands of the README:
 #   make demo   set up everything, then fine-tune a pretrained network with HOSVD and show what it learnt
-#   make test   set up everything, then run the test suite (make test-fast: the quick part, for editing)
+#   make test   set up everything, lint (make lint), then run the test suite (make test-fast: the quick
+#               part, for editing)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SAMPLE_SEED ?= 0
 
-.PHONY: install sample-data finetune-data weights demo test test-fast
+.PHONY: install sample-data finetune-data weights demo lint test test-fast
 install:
 	bash tools/install.sh
 
@@ -26,7 +27,11 @@ weights: install
 demo: finetune-data weights
 	PY=$(PY) DOCS=$(DEMO_DOCS) bash tools/demo.sh
 
-test: install
+# one lint configuration (ruff.toml): pyflakes and pycodestyle at 120 columns
+lint: install
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest tests
 
 # while editing: the tests not marked slow (no subprocess, training run or whole-model build)

@@ -269,7 +269,8 @@ def bench_config(config: str, num_batches: int = 3, steps: int = 5, warmup: int 
     variants = {name: _variant_figures(name, run['report'], run['times']) for name, run in runs.items()}
     checkpointed = [b for b, on in cp_blocks.items() if on]
     return {
-        'config': config, 'device': str(device), 'model': f"{cfg.model.type}/{cfg.model.backbone.type}/{cfg.model.decode_head.type}",
+        'config': config, 'device': str(device),
+        'model': f"{cfg.model.type}/{cfg.model.backbone.type}/{cfg.model.decode_head.type}",
         'weights': weights, 'batch_shape': list(runs[BASELINE]['loss'].input_shape),
         'num_batches': len(batches), 'explained_variance': hook_cfg.get('explained_variance'),
         'layers': layer_paths, 'optimizer': dict(type='SGD', **optim_args),
@@ -475,7 +476,8 @@ def main(argv=None) -> dict:
     command = 'python benchmarks/bench_step.py ' + ' '.join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     torch.set_num_threads(args.threads)
-    meta = {'command': command, 'device': args.device, 'threads': args.threads, 'steps': args.steps, 'warmup': args.warmup,
+    meta = {'command': command, 'device': args.device, 'threads': args.threads, 'steps': args.steps,
+            'warmup': args.warmup,
             'paper_scale': args.paper_scale,
             'machine': _machine(args.device),
             'torch': torch.__version__,

@@ -284,7 +284,7 @@ def plot_curves(methods, path):
 
 def markdown(result, command):
     m = result['methods']
-    lines = [f'# Fine-tuning learns: gain over the calibrated start, memory and step time per method', '',
+    lines = ['# Fine-tuning learns: gain over the calibrated start, memory and step time per method', '',
              f'Written by `{command}` ({result["wall_s"] / 60:.0f} min on this machine'
              f'{", reusing the runs and memory reports an earlier invocation finished" if result["resumed"] else ""}); '
              f'figures in `{result["json"]}`. Do not edit: rerun the command.', '',

@@ -267,7 +267,8 @@ def markdown(rows, command: str, size: int, batch: int) -> str:
         if trained:
             s = r.get('stock')
             stock = f" {s['train_loss']:.3f} | {s['miou']:.2f} |" if s else '  |  |'
-        lines.append(f"| {r['family']} | `{r['config']}` | {r.get('input', '')} | {'yes' if r['ok'] else 'NO'} | {chosen} | "
+        lines.append(f"| {r['family']} | `{r['config']}` | {r.get('input', '')} | {'yes' if r['ok'] else 'NO'} | "
+                     f"{chosen} | "
                      f"{'' if vanilla is None else f'{vanilla / MIB:.2f}'} | "
                      f"{'' if hosvd is None else f'{hosvd / MIB:.2f}'} | {less} |{stock} {r['seconds']:.0f} | "
                      f"{r.get('error', '').replace('|', '/')} |")

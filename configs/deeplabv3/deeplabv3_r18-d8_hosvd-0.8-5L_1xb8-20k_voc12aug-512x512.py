@@ -1,5 +1,6 @@
 # DeepLabV3-R18-d8: fine-tune the paper's 5L layer set (see ../_base_/layers/deeplabv3_r18-d8.py)
-# with HOSVD-compressed activations, explained variance 0.8; everything else frozen. Starts from a calibrated checkpoint:
+# with HOSVD-compressed activations, explained variance 0.8; everything else frozen. Starts from a calibrated
+# checkpoint:
 #   python tools/train.py THIS_CONFIG --cfg-options load_from=CHECKPOINT
 _base_ = ['./deeplabv3_r18-d8_1xb8-20k_voc12aug-512x512.py', '../_base_/layers/deeplabv3_r18-d8.py']
 custom_hooks = [

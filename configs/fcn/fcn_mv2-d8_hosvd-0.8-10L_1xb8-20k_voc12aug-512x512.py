@@ -1,6 +1,7 @@
-# FCN-MobileNetV2-d8: fine-tune the last 10 convs of the inference forward (traced: conv_seg, conv_cat, convs.1, convs.0, and conv.2/conv.1/conv.0 of backbone.layer7.0 and layer6.2;
-# the paper has no FCN-MobileNetV2, same recipe as its ResNet-18 FCN)
-# with HOSVD-compressed activations, explained variance 0.8; everything else frozen. Starts from a calibrated checkpoint:
+# FCN-MobileNetV2-d8: fine-tune the last 10 convs of the inference forward (traced: conv_seg, conv_cat, convs.1,
+# convs.0, and conv.2/conv.1/conv.0 of backbone.layer7.0 and layer6.2; the paper has no FCN-MobileNetV2, same
+# recipe as its ResNet-18 FCN) with HOSVD-compressed activations, explained variance 0.8; everything else frozen.
+# Starts from a calibrated checkpoint:
 #   python tools/train.py THIS_CONFIG --cfg-options load_from=CHECKPOINT
 _base_ = './fcn_mv2-d8_1xb8-20k_voc12aug-512x512.py'
 custom_hooks = [

@@ -1,6 +1,7 @@
-# FCN-MobileNetV2-d8: fine-tune the last 5 convs of the inference forward (traced: conv_seg, conv_cat, convs.1, convs.0, backbone.layer7.0.conv.2;
-# the paper has no FCN-MobileNetV2, same recipe as its ResNet-18 FCN)
-# with vanilla fine-tuning (nothing compressed: the baseline); everything else frozen. Starts from a calibrated checkpoint:
+# FCN-MobileNetV2-d8: fine-tune the last 5 convs of the inference forward (traced: conv_seg, conv_cat, convs.1,
+# convs.0, backbone.layer7.0.conv.2; the paper has no FCN-MobileNetV2, same recipe as its ResNet-18 FCN)
+# with vanilla fine-tuning (nothing compressed: the baseline); everything else frozen. Starts from a calibrated
+# checkpoint:
 #   python tools/train.py THIS_CONFIG --cfg-options load_from=CHECKPOINT
 _base_ = './fcn_mv2-d8_1xb8-20k_voc12aug-512x512.py'
 custom_hooks = [

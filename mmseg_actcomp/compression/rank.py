@@ -7,7 +7,6 @@ The explained variance of the ``k`` leading components of a matrix with singular
 import math
 import numbers
 
-import torch
 from torch import Tensor
 
 

@@ -13,6 +13,6 @@ from .saved import SavedTensor, SavedTensorRecorder, storage_of
 
 __all__ = [
     'LayerProbe', 'LayerStep', 'StepMemory', 'measure_step', 'measure_steps', 'REGION_RULE', 'in_region',
-    'region_modules', 'summarize_saved', 'build_report', 'format_report', 'format_summary', 'write_report', 'SavedTensor',
-    'SavedTensorRecorder', 'storage_of'
+    'region_modules', 'summarize_saved', 'build_report', 'format_report', 'format_summary', 'write_report',
+    'SavedTensor', 'SavedTensorRecorder', 'storage_of'
 ]

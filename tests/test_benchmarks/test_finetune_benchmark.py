@@ -110,5 +110,6 @@ def test_grad_fidelity_page_has_a_section_per_checkpoint():
                  energy=0.9, ranks=[1, 2, 1, 1], kib=1.5) for variant, cos in (('plain', 0.25), ('centred', 0.75))]
     text = grad_fidelity.markdown([('a.pth', rows), ('b.pth', rows)], 'python benchmarks/grad_fidelity.py', 3)
     assert text.count('## Weights: ') == 2 and '## Weights: `b.pth`' in text
-    assert '| decode_head.conv_seg | 0.8 | 1x2x1x1 | 1.5 | 0.900 | 0.250 | 0.500 | 1x2x1x1 | 1.5 | 0.900 | 0.750 |' in text
+    assert ('| decode_head.conv_seg | 0.8 | 1x2x1x1 | 1.5 | 0.900 | 0.250 | 0.500 | 1x2x1x1 | 1.5 | 0.900 | 0.750 |'
+            in text)
     assert '- hosvd ε 0.8, centred: mean cos 0.750' in text

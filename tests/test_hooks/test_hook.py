@@ -128,7 +128,8 @@ def test_summary_says_what_each_region_bn_normalises_with_and_keeps(deeplab):
         model = copy.deepcopy(deeplab)
         hook = ActivationCompressionHook(num_layers=2, **kwargs)
         hook.region.apply(model)
-        row = [line for line in hook.region.summary(model).splitlines() if line.startswith('decode_head.bottleneck.bn ')]
+        summary = hook.region.summary(model)
+        row = [line for line in summary.splitlines() if line.startswith('decode_head.bottleneck.bn ')]
         assert len(row) == 1 and statistics in row[0] and keeps in row[0], row
 
 

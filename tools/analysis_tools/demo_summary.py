@@ -34,7 +34,7 @@ def summary(work, seconds=None):
         f'Activation memory of that fine-tuning step, batch {"x".join(map(str, report["batch_shape"]))} '
         f'(tools/measure_activation_memory.py, {report["num_batches"]} batches):', '',
         '```', format_summary(report), '```', '',
-        f'![val images, ground truth, prediction before and after](predictions.png)', '', last])
+        '![val images, ground truth, prediction before and after](predictions.png)', '', last])
     return text, last
 
 
