@@ -215,10 +215,10 @@ def sweep_family(family: str, size: int = 128, batch: int = 2, seed: int = 0,
         region = {}
         for method in ('none', 'hosvd'):
             net = copy.deepcopy(model)
-            region = HOOKS.build(dict(HOOK, method=method)).region
-            paths = region.apply(net)
+            fine_tune = HOOKS.build(dict(HOOK, method=method)).region
+            paths = fine_tune.apply(net)
             net.train()
-            region.set_norms_eval()
+            fine_tune.set_norms_eval()
             step = measure_step(net, lambda: loss_of(net), paths)
             loss_of(net).backward()  # measure_step leaves no gradients: check they reach every chosen layer
             missing = [p for p in paths if net.get_submodule(p).weight.grad is None]
