@@ -99,13 +99,22 @@ def load_weights(model: nn.Module, checkpoint: str) -> None:
     try:
         load_checkpoint(model, checkpoint, map_location='cpu', logger='current')
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle means the same to the user
-        hint = ''
-        if 'weights_only' in str(exc):
-            hint = ('\ntorch refused to unpickle it with weights_only=True. If you trust the file, '
-                    'rerun with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (your choice: it disables that '
-                    'protection for every file this process loads).')
         raise MeasureError(f'could not load checkpoint {checkpoint!r}: '
-                           f'{type(exc).__name__}: {exc}{hint}') from exc
+                           f'{type(exc).__name__}: {exc}{_refused_globals_hint(checkpoint)}') from exc
+
+
+def _refused_globals_hint(checkpoint: str) -> str:
+    """What to do when ``checkpoint`` holds globals torch's weights_only loader refuses (asked of torch,
+    which names them), else ''."""
+    try:
+        refused = torch.serialization.get_unsafe_globals_in_checkpoint(checkpoint)
+    except (ValueError, RuntimeError, OSError):  # not a torch.save file: nothing to add
+        return ''
+    if not refused:
+        return ''
+    return (f'\ntorch refuses to unpickle {refused} with weights_only=True. If you trust the file, rerun '
+            'with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (your choice: it disables that protection for every '
+            'file this process loads).')
 
 
 def build_segmentor(cfg: Config, checkpoint: Optional[str] = None) -> nn.Module:
