@@ -1,7 +1,7 @@
 """Pure-torch activation compression: unfolding, rank from explained variance, truncated SVD / HOSVD,
 reconstruction and storage size."""
 from .decompose import (METHODS, DecompositionError, NonFiniteActivationError, Tucker, add_channel_mean,
-                        compress, hosvd,
+                        SubspaceEstimate, compress, hosvd,
                         leading_singular_vectors, reconstruct, single_cpu_thread, svd)
 from .quantize import (QUANTIZATION_BITS, Quantized, dequantize, pack_codes, quantize, unpack_codes,
                        validate_bits)
@@ -10,7 +10,8 @@ from .storage import storage_bytes, storage_elements, svd_storage_elements, tuck
 from .tensor_ops import autocast_disabled, mode_gram, mode_product, multi_mode_product, unfold
 
 __all__ = [
-    'METHODS', 'DecompositionError', 'NonFiniteActivationError', 'Tucker', 'add_channel_mean', 'compress', 'hosvd',
+    'METHODS', 'DecompositionError', 'NonFiniteActivationError', 'Tucker', 'add_channel_mean', 'SubspaceEstimate',
+    'compress', 'hosvd',
     'leading_singular_vectors',
     'reconstruct', 'svd', 'rank_from_explained_variance', 'validate_explained_variance', 'storage_bytes',
     'storage_elements', 'svd_storage_elements', 'tucker_storage_elements', 'mode_gram', 'mode_product',

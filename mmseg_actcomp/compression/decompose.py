@@ -17,7 +17,7 @@ product of the other sizes), all-zero rows left out.
 """
 import contextlib
 import math
-from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -294,7 +294,8 @@ def leading_singular_vectors(x: Tensor, mode: int, explained_variance: float,
 
 
 def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
-             name: str = 'activation', center: bool = False) -> Tucker:
+             name: str = 'activation', center: bool = False,
+             fixed: Optional[Mapping[int, Tensor]] = None) -> Tucker:
     r"""Truncated Tucker decomposition of ``x`` along ``modes``, ranks by explained variance.
 
     Args:
@@ -307,6 +308,9 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
             and decompose only ``x`` minus it, the ranks then chosen by the variation's energy (see
             :func:`add_channel_mean`). After a ReLU most of an activation's energy is its mean: ranks
             by the raw energy then collapse to about 1 and keep little besides the mean.
+        fixed: mode -> a basis ``(I_n, r_n)`` with orthonormal columns to use for that mode as it is (no
+            eigendecomposition, no rank choice: e.g. :class:`SubspaceEstimate`'s, frozen after the first
+            batches). Other modes in ``modes`` are decomposed as usual.
 
     Returns:
         :class:`Tucker` whose core and factors have the dtype and device of ``x`` (the core float32 for a
@@ -327,12 +331,18 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
         raise ValueError(f'{name}: cannot compress an empty tensor of shape {tuple(x.shape)}')
     if center and x.dim() != 4:
         raise ValueError(f'{name}: center=True needs a (B, C, H, W) tensor, got shape {tuple(x.shape)}')
+    fixed = dict(fixed or {})
+    for n, basis in fixed.items():
+        if n not in modes or basis.dim() != 2 or basis.shape[0] != x.shape[n] or basis.shape[1] < 1:
+            raise ValueError(f'{name}: fixed basis of mode {n} has shape {tuple(basis.shape)}; it must be '
+                             f'(I_n, r >= 1) for one of the modes {tuple(modes)} of shape {tuple(x.shape)}')
     with torch.no_grad(), autocast_disabled(x.device.type):
         work = x.detach().to(_work_dtype(x, explained_variance), memory_format=torch.contiguous_format)
         mean = work.mean(dim=(0, 2, 3)) if center else None
         if mean is not None:
             work = work - mean[None, :, None, None]
-        bases = {n: leading_singular_vectors(work, n, explained_variance, name) for n in modes}
+        bases = {n: fixed[n].to(work.dtype) if n in fixed
+                 else leading_singular_vectors(work, n, explained_variance, name) for n in modes}
         core = multi_mode_product(work, {n: u.mT for n, u in bases.items()})
         tucker = Tucker(core, tuple(bases.get(n) for n in range(x.dim())))
         if mean is not None:
@@ -342,6 +352,39 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
     # in float32 then; the factors (entries at most 1) take the input's dtype.
     core_dtype = torch.float32 if x.dtype == torch.float16 else x.dtype
     return Tucker(tucker.core.to(core_dtype), tuple(None if u is None else u.to(x.dtype) for u in tucker.factors))
+
+
+class SubspaceEstimate:
+    """Mode-``n`` Gram matrices of the inputs a layer sees in its first batches, summed, and the bases that
+    explain ``eps`` of them: a subspace frozen for the rest of training (LANCE's calibrated bases, with
+    ranks by explained variance), so that later steps only project.
+
+    ``add(x)`` per batch ``x: (B, C, H, W)`` (centred per channel, as :func:`compress` with ``center``);
+    ``bases(eps)`` -> mode -> ``(I_n, r_n)``, orthonormal columns, float32.
+    """
+
+    def __init__(self, modes: Sequence[int], center: bool = True) -> None:
+        self.modes, self.center = tuple(modes), center
+        self.grams: Dict[int, Tensor] = {}
+        self.batches = 0
+
+    def add(self, x: Tensor) -> None:
+        with torch.no_grad(), autocast_disabled(x.device.type):
+            work = x.detach().float()
+            if self.center:
+                work = work - work.mean(dim=(0, 2, 3), keepdim=True)
+            for n in self.modes:
+                gram = mode_gram(work, n)
+                self.grams[n] = gram if n not in self.grams else self.grams[n] + gram
+        self.batches += 1
+
+    def bases(self, explained_variance: float) -> Dict[int, Tensor]:
+        bases = {}
+        for n, gram in self.grams.items():
+            values, vectors, rtol = _eigh_descending((gram + gram.mT) / 2, gram.device)
+            rank = max(1, rank_from_explained_variance(values, explained_variance, rtol))
+            bases[n] = vectors[:, :rank].float().contiguous()
+        return bases
 
 
 def add_channel_mean(tucker: Tucker, mean: Tensor) -> Tucker:

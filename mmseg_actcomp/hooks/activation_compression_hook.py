@@ -14,6 +14,10 @@ from ..ops.precise_bn import precise_norm_stats
 from ..ops.region import FineTuneRegion
 
 
+#: where checkpoints keep ``subspace='frozen'``'s bases: {layer path: {mode: (I_n, r_n)}}
+FROZEN_BASES_KEY = 'actcomp_frozen_bases'
+
+
 @HOOKS.register_module()
 class ActivationCompressionHook(Hook):
     """Fine-tune chosen convolutions with compressed activations; freeze the rest.
@@ -82,6 +86,12 @@ class ActivationCompressionHook(Hook):
         require_load_from (bool): fail at start unless the config loads a checkpoint (``load_from``
             or ``resume``): fine-tuning and calibration configs set it, so that a forgotten
             ``--cfg-options load_from=...`` cannot silently fine-tune a random network. Defaults to False.
+        subspace (str): ``'exact'`` decomposes every step's inputs; ``'frozen'`` (HOSVD) estimates each
+            layer's channel and spatial bases from its first ``subspace_batches`` training batches and
+            then only projects onto them (no eigendecomposition; the batch mode stays exact). The bases
+            go into checkpoints, so a resumed run projects onto the same ones. Its effect on learning and
+            speed: the ``hosvd-0.8-frozen-subspace`` row of docs/finetune.md. Defaults to ``'exact'``.
+        subspace_batches (int): ``M >= 1`` batches for ``'frozen'``. Defaults to 8.
     """
 
     priority = 'VERY_HIGH'  # the model must be final before other hooks (EMA, ...) see it in before_run
@@ -91,13 +101,14 @@ class ActivationCompressionHook(Hook):
                  freeze_others: bool = True, lean_region: bool = True,
                  freeze_region_norm_stats: bool = False, require_load_from: bool = False,
                  center: bool = True, precise_norm_batches: int = 0,
-                 norm_input_bits: Optional[int] = 4) -> None:
+                 norm_input_bits: Optional[int] = 4, subspace: str = 'exact', subspace_batches: int = 8) -> None:
         try:
             self.region = FineTuneRegion(
                 method=method, explained_variance=explained_variance, num_layers=num_layers, layers=layers,
                 freeze_others=freeze_others, lean_region=lean_region,
                 freeze_region_norm_stats=freeze_region_norm_stats, precise_norm_batches=precise_norm_batches,
-                norm_input_bits=norm_input_bits, center=center)
+                norm_input_bits=norm_input_bits, center=center, subspace=subspace,
+                subspace_batches=subspace_batches)
         except ValueError as e:
             raise HookConfigError(f'ActivationCompressionHook: {e}') from None
         self.require_load_from = bool(require_load_from)
@@ -145,6 +156,16 @@ class ActivationCompressionHook(Hook):
             all_reduce(norm.running_var, op='mean')
         print_log(f'ActivationCompressionHook: running statistics of the {len(norms)} '
                   f'region BNs re-estimated over {count} training batches (per rank)', logger='current')
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """``subspace='frozen'``: the frozen bases, so that a resumed run projects onto the same ones."""
+        bases = self.region.frozen_bases()
+        if bases:
+            checkpoint[FROZEN_BASES_KEY] = bases
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if checkpoint.get(FROZEN_BASES_KEY):
+            self.region.load_frozen_bases(checkpoint[FROZEN_BASES_KEY])
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         # the train loop calls model.train() at its start and after each validation

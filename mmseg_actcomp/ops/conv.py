@@ -5,12 +5,12 @@ mmcv's ``build_conv_layer`` searches from any scope, so ``conv_cfg=dict(type='HO
 explained_variance=0.8)`` works in mmseg configs.
 """
 import warnings
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from ..compression import (METHODS, DecompositionError, Tucker, compress, multi_mode_product,
+from ..compression import (METHODS, DecompositionError, SubspaceEstimate, Tucker, compress, multi_mode_product,
                            validate_explained_variance)
 from .functional import autocast_conv_args, compressed_conv2d
 from .lean import conv_twin, frozen_weight_conv2d
@@ -60,6 +60,12 @@ class CompressedConv2d(nn.Conv2d):
         center: keep the input's per-channel mean exactly and decompose the rest (see
             :func:`mmseg_actcomp.compression.compress`); ranks then follow the variation around the mean.
             Defaults to True; False is the paper's decomposition of the raw input.
+        subspace: ``'exact'`` decomposes every step's input; ``'frozen'`` (HOSVD only) sums the channel
+            and spatial modes' Gram matrices over the first ``subspace_batches`` compressing steps
+            (decomposed exactly meanwhile), takes the bases explaining ``explained_variance`` of them, and
+            from then on only projects onto those bases (the batch mode, new samples every step, stays
+            exact); a mode whose size changes is decomposed exactly for that step.
+        subspace_batches: ``M >= 1`` for ``'frozen'``.
 
     Other attributes:
         layer_name: names the layer in errors; the class name unless whoever builds or swaps layers in
@@ -69,10 +75,12 @@ class CompressedConv2d(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = 'zeros',
-                 device=None, dtype=None, explained_variance: float = 0.8, center: bool = True) -> None:
+                 device=None, dtype=None, explained_variance: float = 0.8, center: bool = True,
+                 subspace: str = 'exact', subspace_batches: int = 8) -> None:
         if self.method not in METHODS:
             raise TypeError(f'{type(self).__name__}.method must be one of {sorted(METHODS)}, '
                             f'got {self.method!r}; use SVDConv2d or HOSVDConv2d')
+        validate_subspace(self.method, subspace, subspace_batches)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
         self.explained_variance = explained_variance
@@ -85,6 +93,9 @@ class CompressedConv2d(nn.Conv2d):
         self.last_kept_energy: Optional[Tensor] = None
         self.last_kept_whole: Optional[bool] = None
         self._warned_solver_failure = False
+        self.subspace, self.subspace_batches = subspace, subspace_batches
+        self.frozen_bases: Optional[Dict[int, Tensor]] = None  # 'frozen': mode -> basis, once estimated
+        self._estimate: Optional[SubspaceEstimate] = None
 
     @property
     def explained_variance(self) -> float:
@@ -95,14 +106,16 @@ class CompressedConv2d(nn.Conv2d):
         self._explained_variance = validate_explained_variance(value)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, explained_variance: float = 0.8,
-                  center: bool = True) -> 'CompressedConv2d':
+    def from_conv(cls, conv: nn.Conv2d, explained_variance: float = 0.8, center: bool = True,
+                  subspace: str = 'exact', subspace_batches: int = 8) -> 'CompressedConv2d':
         """A layer with ``conv``'s hyper-parameters and training flag sharing its Parameter objects
         (``new.weight is conv.weight``), so optimizers and checkpoints see the same tensors."""
-        return conv_twin(cls, conv, explained_variance=explained_variance, center=center)
+        return conv_twin(cls, conv, explained_variance=explained_variance, center=center, subspace=subspace,
+                         subspace_batches=subspace_batches)
 
     def extra_repr(self) -> str:
-        return f'{super().extra_repr()}, explained_variance={self.explained_variance}, center={self.center}'
+        return (f'{super().extra_repr()}, explained_variance={self.explained_variance}, center={self.center}'
+                + (f', subspace={self.subspace!r}' if self.subspace != 'exact' else ''))
 
     def _compresses(self, x: Tensor) -> bool:
         """Whether this forward needs the weight gradient, hence a kept copy of ``x``."""
@@ -137,6 +150,23 @@ class CompressedConv2d(nn.Conv2d):
             kept = (core * multi_mode_product(core, grams)).sum()
             self.last_kept_energy = kept / x.detach().float().square().sum().clamp(min=1e-30)
 
+    def _fixed_bases(self, x: Tensor) -> Optional[Dict[int, Tensor]]:
+        """The frozen bases that fit ``x``'s modes (``'frozen'``, once estimated), else None."""
+        if self.frozen_bases is None:
+            return None
+        return {n: u.to(x.device) for n, u in self.frozen_bases.items() if u.shape[0] == x.shape[n]} or None
+
+    def _estimate_subspace(self, x: Tensor) -> None:
+        """``'frozen'``: add ``x`` to the estimate until ``subspace_batches`` inputs are in, then freeze."""
+        if self.subspace != 'frozen' or self.frozen_bases is not None:
+            return
+        if self._estimate is None:
+            self._estimate = SubspaceEstimate(FROZEN_MODES, self.center)
+        self._estimate.add(x)
+        if self._estimate.batches >= self.subspace_batches:
+            self.frozen_bases = self._estimate.bases(self.explained_variance)
+            self._estimate = None
+
     def forward(self, x: Tensor) -> Tensor:
         """x: ``(B, C, H, W)`` or unbatched ``(C, H, W)``; returns ``(B, O, H', W')`` (resp. unbatched)."""
         if not self._compresses(x):
@@ -150,7 +180,8 @@ class CompressedConv2d(nn.Conv2d):
         whole = Tucker(x.detach(), (None,) * x.dim())
         try:
             tucker = compress(x, self.explained_variance, METHODS[self.method], name=self.layer_name,
-                              center=self.center)
+                              center=self.center, fixed=self._fixed_bases(x))
+            self._estimate_subspace(x)
         except DecompositionError as e:
             self._warn_solver_failure(e)
             tucker = whole
@@ -163,6 +194,23 @@ class CompressedConv2d(nn.Conv2d):
             self.last_kept_bytes, self.last_kept_energy = tucker.nbytes, x.new_ones((), dtype=torch.float32)
         return compressed_conv2d(x, weight, bias, tucker, self.stride, padding, self.dilation,
                                  self.groups)
+
+
+#: the subspaces ``'frozen'`` fixes: channel and spatial (the batch mode sees new samples every step)
+FROZEN_MODES = (1, 2, 3)
+SUBSPACES = ('exact', 'frozen')
+
+
+def validate_subspace(method: str, subspace: str, subspace_batches: int) -> None:
+    """ValueError naming the value unless ``subspace`` is one of :data:`SUBSPACES` (``'frozen'`` for
+    HOSVD only: SVD truncates only the batch mode) and ``subspace_batches`` an integer >= 1."""
+    if subspace not in SUBSPACES:
+        raise ValueError(f'subspace={subspace!r} is not one of {list(SUBSPACES)}')
+    if subspace == 'frozen' and method != 'hosvd':
+        raise ValueError(f"subspace='frozen' needs method='hosvd' ({method!r} truncates only the batch "
+                         'mode, whose samples change every step)')
+    if isinstance(subspace_batches, bool) or not isinstance(subspace_batches, int) or subspace_batches < 1:
+        raise ValueError(f'subspace_batches={subspace_batches!r} must be an integer >= 1')
 
 
 class SVDConv2d(CompressedConv2d):

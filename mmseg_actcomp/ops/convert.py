@@ -56,12 +56,13 @@ def select_last(order: Sequence[str], num_layers: int) -> List[str]:
 
 
 def swap_convs(model: nn.Module, paths: Iterable[str], method: str,
-               explained_variance: float, center: bool = True) -> Dict[str, nn.Conv2d]:
-    """Replace each conv at ``paths`` by the compressed type of ``method`` (``center`` as in
-    :class:`~mmseg_actcomp.ops.CompressedConv2d`), sharing its parameters.
+               explained_variance: float, center: bool = True, subspace: str = 'exact',
+               subspace_batches: int = 8) -> Dict[str, nn.Conv2d]:
+    """Replace each conv at ``paths`` by the compressed type of ``method`` (``center``, ``subspace`` and
+    ``subspace_batches`` as in :class:`~mmseg_actcomp.ops.CompressedConv2d`), sharing its parameters.
 
     Idempotent: a layer already of the wanted type only gets ``explained_variance`` and ``center``
-    updated.
+    updated (and keeps its subspace state).
     Returns path -> the layer now in the model (plain ``nn.Conv2d`` for ``method='none'``).
     """
     if method not in CONV_TYPES:
@@ -77,7 +78,7 @@ def swap_convs(model: nn.Module, paths: Iterable[str], method: str,
             conv.explained_variance = explained_variance
             conv.center = bool(center)
         else:
-            conv = new_type.from_conv(conv, explained_variance, center)
+            conv = new_type.from_conv(conv, explained_variance, center, subspace, subspace_batches)
             conv.layer_name = path
             model.set_submodule(path, conv)
         swapped[path] = conv

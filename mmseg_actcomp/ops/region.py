@@ -16,6 +16,7 @@ from ..compression import QUANTIZATION_BITS, validate_bits, validate_explained_v
 from ..utils.table import align
 from .convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all_but, select_last, swap_convs,
                       trace_conv_order)
+from .conv import validate_subspace
 from .lean import LeanBatchNorm2d, make_lean
 
 
@@ -50,7 +51,8 @@ class FineTuneRegion:
                  num_layers: Optional[int] = None, layers: Optional[Sequence[str]] = None,
                  freeze_others: bool = True, lean_region: bool = True,
                  freeze_region_norm_stats: bool = False, precise_norm_batches: int = 0,
-                 norm_input_bits: Optional[int] = 4, center: bool = True) -> None:
+                 norm_input_bits: Optional[int] = 4, center: bool = True, subspace: str = 'exact',
+                 subspace_batches: int = 8) -> None:
         if method not in CONV_TYPES:
             raise ValueError(f'method={method!r} is not allowed; use one of {sorted(CONV_TYPES)}')
         try:
@@ -79,6 +81,9 @@ class FineTuneRegion:
             except ValueError:
                 raise ValueError(f'norm_input_bits={norm_input_bits!r} must be one of '
                                  f'{list(QUANTIZATION_BITS)}, or None to keep region BN inputs whole') from None
+        if method != 'none':
+            validate_subspace(method, subspace, subspace_batches)
+        self.subspace, self.subspace_batches = subspace, subspace_batches
         self.method = method
         self.num_layers = num_layers
         self.layers = list(layers) if layers is not None else None
@@ -111,7 +116,8 @@ class FineTuneRegion:
         """Choose, swap, make lean and freeze, in place, on a bare (unwrapped) segmentor. Idempotent.
         Returns the chosen paths; call :meth:`set_norms_eval` after every ``model.train()``."""
         paths = self.choose(model)
-        swap_convs(model, paths, self.method, self.explained_variance, self.center)
+        swap_convs(model, paths, self.method, self.explained_variance, self.center, self.subspace,
+                   self.subspace_batches)
         if self.lean_region:
             for root in sorted(set(region_modules(paths)) - set(paths)):
                 make_lean(model.get_submodule(root), self.explained_variance, self.method, self.norm_input_bits)
@@ -131,6 +137,20 @@ class FineTuneRegion:
             frozen(m) or (self.freeze_region_norm_stats and isinstance(m, LeanBatchNorm2d)))]
         self.region_norms = [m for m in self.eval_norms if isinstance(m, LeanBatchNorm2d) and not frozen(m)]
         return self.layer_paths
+
+    def frozen_bases(self) -> Dict[str, Dict[int, torch.Tensor]]:
+        """``subspace='frozen'``: layer path -> mode -> its frozen basis (layers still estimating left out)."""
+        return {path: dict(conv.frozen_bases) for path, conv in self.fine_tuned.items()
+                if getattr(conv, 'frozen_bases', None) is not None}
+
+    def load_frozen_bases(self, bases: Dict[str, Dict[int, torch.Tensor]]) -> None:
+        """Restore :meth:`frozen_bases` (e.g. from a checkpoint) into the chosen layers; ValueError for a
+        path that is not one of them."""
+        unknown = sorted(set(bases) - set(self.fine_tuned))
+        if unknown:
+            raise ValueError(f'frozen bases for layers that are not fine-tuned here: {unknown}')
+        for path, layer_bases in bases.items():
+            self.fine_tuned[path].frozen_bases = {int(n): u for n, u in layer_bases.items()}
 
     def set_norms_eval(self) -> None:
         """Put frozen BNs (and, with ``freeze_region_norm_stats``, the region's BNs) back in
@@ -158,7 +178,7 @@ class FineTuneRegion:
                 f'{len(self.layer_paths)} layers, lean_region={self.lean_region}, '
                 f'freeze_region_norm_stats={self.freeze_region_norm_stats}, '
                 f'precise_norm_batches={self.precise_norm_batches}, '
-                f'norm_input_bits={self.norm_input_bits}, center={self.center}; '
+                f'norm_input_bits={self.norm_input_bits}, center={self.center}, subspace={self.subspace}; '
                 f'{trainable}/{total} parameters trainable')
         norms = [('region BN', 'statistics', 'keeps for backward')]
         for path, norm in model.named_modules():

@@ -431,3 +431,37 @@ def test_the_core_imports_with_torch_alone():
 def test_modes_that_are_not_modes_of_x_are_named(modes):
     with pytest.raises(ValueError, match=r"modes=.* must be mode indices of a 4-d tensor.*METHODS\['hosvd'\]"):
         compress(torch.randn(2, 3, 4, 5), 0.8, modes)
+
+
+def test_a_subspace_estimated_over_batches_explains_eps_of_their_summed_energy():
+    """SubspaceEstimate: the summed mode Grams of the batches, and bases explaining eps of each."""
+    from mmseg_actcomp.compression import SubspaceEstimate
+    batches = [low_rank_activation((4, 12, 9, 8), seed=s) for s in range(3)]
+    estimate = SubspaceEstimate((1, 2, 3), center=True)
+    for x in batches:
+        estimate.add(x)
+    assert estimate.batches == 3
+    bases = estimate.bases(0.8)
+    for n, basis in bases.items():
+        centred = [x - x.mean(dim=(0, 2, 3), keepdim=True) for x in batches]
+        unfoldings = torch.cat([unfold(c.double(), n) for c in centred], dim=1)  # (I_n, 3 J)
+        torch.testing.assert_close(basis.mT.double() @ basis.double(), torch.eye(basis.shape[1]).double(),
+                                   atol=1e-5, rtol=0)
+        energy = torch.linalg.svdvals(unfoldings).square()
+        curve = energy.cumsum(0) / energy.sum()
+        assert_rank_meets_threshold(basis.shape[1], curve, 0.8)
+        captured = (basis.double().mT @ unfoldings).square().sum() / unfoldings.square().sum()
+        assert captured >= 0.8 - 1e-6
+
+
+def test_fixed_bases_are_used_as_given_and_checked():
+    x = low_rank_activation((4, 12, 9, 8))
+    q = torch.linalg.qr(torch.randn(12, 3, generator=torch.Generator().manual_seed(0))).Q
+    tucker = compress(x, 0.8, METHODS['hosvd'], fixed={1: q})
+    torch.testing.assert_close(tucker.factors[1], q)
+    free = compress(x, 0.8, METHODS['hosvd'])
+    assert [tucker.factors[n].shape for n in (0, 2, 3)] == [free.factors[n].shape for n in (0, 2, 3)]
+    with pytest.raises(ValueError, match=r'fixed basis of mode 1 has shape \(11, 3\)'):
+        compress(x, 0.8, METHODS['hosvd'], fixed={1: torch.zeros(11, 3)})
+    with pytest.raises(ValueError, match='fixed basis of mode 2'):
+        compress(x, 0.8, METHODS['svd'], fixed={2: torch.zeros(9, 2)})  # not a truncated mode of SVD

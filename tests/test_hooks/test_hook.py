@@ -442,3 +442,43 @@ def test_a_model_whose_inference_cannot_be_traced_says_to_give_layers():
                                          r"mode='tensor' at 128x128: RuntimeError: no tensor mode here; "
                                          r"mode='predict' at 128x128"):
         ActivationCompressionHook(num_layers=1).region.apply(Untraceable())
+
+
+def test_frozen_subspace_bases_go_into_checkpoints_and_come_back(deeplab):
+    """subspace='frozen': the hook saves each layer's frozen bases in the checkpoint and restores them on
+    load, so a resumed run projects onto the same subspaces; a fresh one estimates its own."""
+    import copy
+    from mmseg_actcomp.hooks.activation_compression_hook import FROZEN_BASES_KEY
+    model = copy.deepcopy(deeplab)
+    hook = ActivationCompressionHook(num_layers=2, subspace='frozen', subspace_batches=1)
+    paths = hook.region.apply(model)
+    model.train()
+    hook.region.set_norms_eval()
+    model(torch.rand(2, 3, 64, 64), mode='tensor').sum().backward()
+    checkpoint = {}
+    hook.before_save_checkpoint(None, checkpoint)
+    saved = checkpoint[FROZEN_BASES_KEY]
+    assert sorted(saved) == sorted(paths) and all(sorted(b) == [1, 2, 3] for b in saved.values())
+    resumed = copy.deepcopy(deeplab)
+    other = ActivationCompressionHook(num_layers=2, subspace='frozen', subspace_batches=1)
+    other.region.apply(resumed)
+    assert other.region.frozen_bases() == {}
+    other.after_load_checkpoint(None, checkpoint)
+    for path in paths:
+        for n, basis in saved[path].items():
+            assert torch.equal(resumed.get_submodule(path).frozen_bases[n], basis)
+    with pytest.raises(ValueError, match='not fine-tuned here'):
+        other.region.load_frozen_bases({'backbone.stem.0': {}})
+    empty = {}
+    ActivationCompressionHook(num_layers=2).before_save_checkpoint(None, empty)  # exact: nothing saved
+    assert empty == {}
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(method='svd', subspace='frozen'), "subspace='frozen' needs method='hosvd'"),
+    (dict(subspace='warm'), "subspace='warm' is not one of"),
+    (dict(subspace='frozen', subspace_batches=0), 'subspace_batches=0'),
+])
+def test_bad_subspace_keys_are_named(kwargs, message):
+    with pytest.raises(ValueError, match='ActivationCompressionHook: ' + message):
+        ActivationCompressionHook(num_layers=2, **kwargs)

@@ -498,3 +498,49 @@ def test_centred_conv_exact_at_eps_one_and_reports_its_kept_energy(layer_type):
     x_hat = reconstruct(compress(x, 0.6, METHODS[conv.method], center=True))
     expected = float(x_hat.square().sum() / x.square().sum())
     assert compression_stats({'conv': conv})['kept_energy'] == pytest.approx(expected, rel=1e-6)
+
+
+def test_frozen_subspace_estimates_then_projects():
+    """subspace='frozen': exact for the first M compressing steps while the Grams add up, then the
+    channel and spatial factors are the frozen bases (the batch mode still decomposed), and the weight
+    gradient is that of the projection onto them."""
+    conv, layer = make_pair(HOSVDConv2d, CONV_CASES['3x3'], 0.8)
+    layer = HOSVDConv2d.from_conv(conv, 0.8, center=False, subspace='frozen', subspace_batches=2)
+    inputs = [low_rank_activation((3, 4, 9, 8), seed=s) for s in range(4)]
+    for x in inputs[:2]:
+        assert layer.frozen_bases is None
+        grads(layer, x)
+    bases = layer.frozen_bases
+    assert sorted(bases) == [1, 2, 3]
+    x = inputs[3]
+    _, saved = saved_tensors(lambda: grads(layer, x))
+    kept = non_parameter(saved, layer)
+    factors = kept[1:]  # core, then U_0 .. U_3
+    for n in (1, 2, 3):
+        torch.testing.assert_close(factors[n], bases[n])
+    assert layer.last_ranks[1:] == tuple(bases[n].shape[1] for n in (1, 2, 3))
+    # the weight gradient is that of x projected onto the kept bases
+    tucker = compress(x, 0.8, METHODS['hosvd'], fixed=bases)
+    expected = conv2d_weight(reconstruct(tucker), layer.weight.shape, torch.ones_like(conv(x)), 1, 1)
+    layer.zero_grad()
+    layer(x.requires_grad_()).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_subspace_falls_back_to_exact_for_a_mode_whose_size_changed():
+    conv, _ = make_pair(HOSVDConv2d, CONV_CASES['3x3'], 0.8)
+    layer = HOSVDConv2d.from_conv(conv, 0.8, center=False, subspace='frozen', subspace_batches=1)
+    grads(layer, low_rank_activation((3, 4, 9, 8)))
+    spatial = layer.frozen_bases[2].shape[1]
+    grads(layer, low_rank_activation((3, 4, 12, 8), seed=1))  # H changed: mode 2 exact, no error
+    assert layer.last_input_shape == (3, 4, 12, 8) and layer.frozen_bases[2].shape == (9, spatial)
+
+
+@pytest.mark.parametrize('layer_cls,subspace,batches,message', [
+    (SVDConv2d, 'frozen', 8, "subspace='frozen' needs method='hosvd'"),
+    (HOSVDConv2d, 'warm', 8, "subspace='warm' is not one of"),
+    (HOSVDConv2d, 'frozen', 0, 'subspace_batches=0 must be an integer >= 1'),
+])
+def test_bad_subspace_arguments_are_named(layer_cls, subspace, batches, message):
+    with pytest.raises(ValueError, match=message):
+        layer_cls.from_conv(nn.Conv2d(4, 6, 3), 0.8, subspace=subspace, subspace_batches=batches)
