@@ -116,10 +116,9 @@ def test_missing_dataset_names_every_dataset_to_point_elsewhere(tmp_path, mmseg_
         check_datasets(cfg, dataloaders=('val_dataloader',))
 
 
-def test_the_sample_data_is_found(monkeypatch):
-    if not osp.isdir(osp.join(REPO, 'data', 'sample_voc', 'VOCdevkit')):
-        pytest.skip('no data/sample_voc here (make sample-data)')
-    monkeypatch.chdir(REPO)  # the configs read their data relative to the working directory
+@pytest.mark.slow  # writes the sample data (a subprocess)
+def test_the_sample_data_is_found(sample_workspace, monkeypatch):
+    monkeypatch.chdir(sample_workspace)  # the configs read their data relative to the working directory
     check_config(Config.fromfile(HOSVD_CONFIG), dataloaders=('train_dataloader', 'val_dataloader',
                                                               'test_dataloader'))
 
