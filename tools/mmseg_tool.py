@@ -10,7 +10,6 @@ The checks are the library's (:func:`mmseg_actcomp.apis.checks.check_config`), w
 (the command that makes the weights, the sample data, the configs folder).
 """
 import argparse
-import difflib
 import glob
 import importlib.util
 import os
@@ -52,9 +51,9 @@ def _is_converted_mobilenet_v2(path):
 def config_not_found_message(path):
     """The message for a config file (or one of its ``_base_``) that does not exist, with the closest
     configs of this repository."""
+    from mmseg_actcomp.apis.checks import close_names, did_you_mean
     names = [osp.relpath(p, REPO) for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)]
-    matches = difflib.get_close_matches(osp.relpath(osp.abspath(path), REPO), names, n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ''
+    hint = did_you_mean(close_names(osp.relpath(osp.abspath(path), REPO), names))
     return f'Config file {path!r} does not exist.{hint} The configs are under configs/.'
 
 

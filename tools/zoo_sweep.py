@@ -75,21 +75,15 @@ def mmseg_config_dir() -> str:
 
 def cpu_model_cfg(model_cfg: dict, size: int) -> dict:
     """``model_cfg`` (a plain dict) with SyncBN -> BN, pretrained weights dropped, the input size set."""
-    def visit(node):
-        if isinstance(node, dict):
-            if node.get('type') == 'SyncBN':
-                node['type'] = 'BN'
-            for key in list(node):
-                if key == 'pretrained' or (key == 'init_cfg' and isinstance(node[key], dict)
-                                           and node[key].get('type') == 'Pretrained'):
-                    node[key] = None
-                else:
-                    visit(node[key])
-        elif isinstance(node, list):
-            for item in node:
-                visit(item)
+    from mmseg_actcomp.apis.checks import walk_dicts
     model_cfg = copy.deepcopy(model_cfg)
-    visit(model_cfg)
+    for _, node in walk_dicts(model_cfg):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+        for key, value in node.items():
+            if key == 'pretrained' or (key == 'init_cfg' and isinstance(value, dict)
+                                       and value.get('type') == 'Pretrained'):
+                node[key] = None  # (not walked into)
     model_cfg['data_preprocessor'] = dict(model_cfg.get('data_preprocessor') or {}, size=(size, size))
     return model_cfg
 
@@ -97,20 +91,14 @@ def cpu_model_cfg(model_cfg: dict, size: int) -> dict:
 def voc_model_cfg(model_cfg: dict) -> dict:
     """``model_cfg`` with every head predicting the 21 VOC classes; per-class loss weights written for
     another class count are dropped (CGNet's Cityscapes weights)."""
-    def visit(node):
-        if isinstance(node, dict):
-            if 'num_classes' in node:
-                node['num_classes'] = VOC_CLASSES
-            weights = node.get('class_weight')
-            if isinstance(weights, (list, tuple)) and len(weights) != VOC_CLASSES:
-                node['class_weight'] = None
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for item in node:
-                visit(item)
+    from mmseg_actcomp.apis.checks import walk_dicts
     model_cfg = copy.deepcopy(model_cfg)
-    visit(model_cfg)
+    for _, node in walk_dicts(model_cfg):
+        if 'num_classes' in node:
+            node['num_classes'] = VOC_CLASSES
+        weights = node.get('class_weight')
+        if isinstance(weights, (list, tuple)) and len(weights) != VOC_CLASSES:
+            node['class_weight'] = None
     return model_cfg
 
 

@@ -18,7 +18,8 @@ CUSTOM_IMPORTS_LINE = f"custom_imports = dict(imports=['{PLUGIN}'], allow_failed
 
 __all__ = ['ConfigError', 'PluginNotImportedError', 'UnknownTypeError', 'CheckpointNotFoundError',
            'DatasetNotFoundError', 'HookConfigError', 'check_config', 'check_plugin_imports',
-           'check_types', 'check_hooks', 'check_checkpoints', 'check_datasets', 'CUSTOM_IMPORTS_LINE']
+           'check_types', 'check_hooks', 'check_checkpoints', 'check_datasets', 'CUSTOM_IMPORTS_LINE',
+           'walk_dicts', 'close_names', 'did_you_mean']
 
 
 class ConfigError(ValueError):
@@ -83,9 +84,10 @@ class HookConfigError(ConfigError):
 
 
 # ------------------------------------------------------------------------------------------- walking
-def _walk(node, key: str = '') -> Iterator[Tuple[str, dict]]:
+def walk_dicts(node, key: str = '') -> Iterator[Tuple[str, dict]]:
     """``(key, dict)`` for every dict under ``node`` (itself included), keys dotted as in
-    ``--cfg-options`` (list items by index)."""
+    ``--cfg-options`` (list items by index). The walk descends into a dict's values after the caller is
+    done with it, so a value the caller replaces is not walked."""
     if isinstance(node, dict):
         yield key, node
         items = node.items()
@@ -94,12 +96,12 @@ def _walk(node, key: str = '') -> Iterator[Tuple[str, dict]]:
     else:
         return
     for name, value in items:
-        yield from _walk(value, f'{key}.{name}' if key else str(name))
+        yield from walk_dicts(value, f'{key}.{name}' if key else str(name))
 
 
 def _typed(node, key: str = '') -> Iterator[Tuple[str, dict, str]]:
     """``(key, dict, type)`` for every dict under ``node`` whose ``type`` is a name (not a class)."""
-    for where, d in _walk(node, key):
+    for where, d in walk_dicts(node, key):
         if isinstance(d.get('type'), str):
             yield where, d, d['type']
 
@@ -166,11 +168,13 @@ def _registry_name(key: str) -> Optional[str]:
     return name
 
 
-def _did_you_mean(word: str, candidates) -> List[str]:
+def close_names(word: str, candidates) -> List[str]:
+    """Up to 3 of ``candidates`` close to ``word`` (difflib, cutoff 0.6), closest first."""
     return difflib.get_close_matches(word, sorted(candidates), n=3, cutoff=0.6)
 
 
-def _did_you_mean_text(matches: Sequence[str]) -> str:
+def did_you_mean(matches: Sequence[str]) -> str:
+    """``" Did you mean 'a', 'b'?"`` for :func:`close_names`' ``matches``, ``''`` for none."""
     return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ''
 
 
@@ -211,10 +215,10 @@ def check_types(cfg) -> None:
             continue
         registry = _registry_name(key)
         candidates = _registry_keys(registries, registry) if registry else set()
-        matches = _did_you_mean(type_name, candidates or known)
+        matches = close_names(type_name, candidates or known)
         kind = f'{registry} type' if registry else 'type in any registry'
         raise UnknownTypeError(f'{type_name!r} is not a registered {kind} (at {key}.type).'
-                               f'{_did_you_mean_text(matches)}',
+                               f'{did_you_mean(matches)}',
                                key=key, type_name=type_name, registry=registry, suggestions=matches)
 
 
