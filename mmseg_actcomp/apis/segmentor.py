@@ -24,7 +24,8 @@ from torch import nn
 
 from ..memory import build_report, measure_steps
 from ..ops.region import FineTuneRegion
-from .checks import ConfigError, check_checkpoints, check_datasets, check_plugin_imports, check_types
+from .checks import (ConfigError, check_checkpoints, check_datasets, check_hooks, check_plugin_imports,
+                     check_types)
 
 HOOK_TYPE = 'ActivationCompressionHook'
 NO_HOOK_NOTE = (f'no {HOOK_TYPE} in custom_hooks: the whole model is measured as the config trains it '
@@ -133,10 +134,11 @@ def build_segmentor(cfg: Config, checkpoint: Optional[str] = None) -> nn.Module:
 
 
 def compression_hook_cfg(cfg: Config) -> Optional[dict]:
-    """The single ``ActivationCompressionHook`` entry of ``cfg.custom_hooks``, or None."""
+    """The single ``ActivationCompressionHook`` entry of ``cfg.custom_hooks``, or None; a second entry or a
+    bad value is a :class:`MeasureError` (:func:`~mmseg_actcomp.apis.checks.check_hooks`)."""
+    with explained_errors('custom_hooks'):
+        check_hooks(cfg)
     entries = [h for h in cfg.get('custom_hooks', None) or [] if h.get('type') == HOOK_TYPE]
-    if len(entries) > 1:
-        raise MeasureError(f'{HOOK_TYPE} is given {len(entries)} times in custom_hooks; give it once')
     return copy.deepcopy(entries[0]) if entries else None
 
 

@@ -24,3 +24,16 @@ def test_another_load_failure_has_no_unpickling_hint(tmp_path):
     with pytest.raises(MeasureError) as info:
         load_weights(nn.Conv2d(1, 1, 1), str(path))
     assert 'could not load checkpoint' in str(info.value) and 'WEIGHTS_ONLY' not in str(info.value)
+
+
+def test_a_second_hook_entry_is_a_measure_error():
+    from mmengine.config import Config
+
+    from mmseg_actcomp.apis.segmentor import compression_hook_cfg
+    entry = dict(type='ActivationCompressionHook', num_layers=2)
+    assert compression_hook_cfg(Config(dict(custom_hooks=[entry]))) == entry
+    assert compression_hook_cfg(Config(dict(custom_hooks=[]))) is None
+    with pytest.raises(MeasureError, match='custom_hooks: ActivationCompressionHook is given 2 times'):
+        compression_hook_cfg(Config(dict(custom_hooks=[entry, entry])))
+    with pytest.raises(MeasureError, match="custom_hooks: .*method='tucker' is not allowed"):
+        compression_hook_cfg(Config(dict(custom_hooks=[dict(entry, method='tucker')])))
