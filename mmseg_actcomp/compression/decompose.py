@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .rank import rank_from_explained_variance, validate_explained_variance
-from .tensor_ops import autocast_disabled, mode_gram, multi_mode_product, unfold
+from .tensor_ops import autocast_disabled, mode_cross, mode_gram, mode_product, multi_mode_product, unfold
 
 #: The modes each method truncates, for a ``(B, C, H, W)`` activation.
 METHODS = {'svd': (0,), 'hosvd': (0, 1, 2, 3)}
@@ -293,9 +293,72 @@ def leading_singular_vectors(x: Tensor, mode: int, explained_variance: float,
     return spectrum.basis(rank).to(x.dtype).clone(memory_format=torch.contiguous_format)
 
 
+def _subspace_iteration_cheaper(width: int, size: int) -> bool:
+    """Whether one subspace iteration of ``width`` columns on a mode of ``size`` costs fewer
+    multiply-adds than that mode's Gram (see :func:`warm_leading_vectors`)."""
+    return 3 * width + width * width / size < size
+
+
+def warm_leading_vectors(x: Tensor, mode: int, explained_variance: float, previous: Tensor,
+                         name: str = 'activation') -> Tensor:
+    r"""As :func:`leading_singular_vectors`, from one subspace iteration started at ``previous`` (e.g. the
+    last step's basis of this mode) instead of a Gram matrix and its eigendecomposition (ASI, Nguyen et
+    al. 2025), with the rank still chosen by ``eps`` on this very ``x``.
+
+    ``Q = orth(X_(n) X_(n)^T U_prev)`` costs about ``2 r I_n J`` multiply-adds against the Gram's
+    ``I_n^2 J`` (``J``: the product of the other sizes; ``r`` columns of ``previous``). Rayleigh-Ritz on
+    it: the eigenpairs ``(lambda_i, v_i)`` of ``Q^T X_(n) X_(n)^T Q: (r, r)`` give bases ``Q v_1..k`` whose
+    captured energy ``||U_k^T X_(n)||^2`` is exactly ``lambda_1 + ... + lambda_k``, so the smallest ``k``
+    whose share of ``||X||^2`` reaches ``eps`` is kept: every call meets ``eps`` (with a rank at least the
+    exact one; more only where the subspace lags), and the rank shrinks as the spectrum does. Where even
+    all of ``Q`` captures less, it widens by ``r`` seeded Gaussian directions and iterates again. The
+    iteration, ``U_prev``'s product, ``X_(n)`` times it, ``Q``'s product and that one's Gram, costs ``(3 r
+    + r^2 / I_n) I_n J``: where that is not below the Gram's ``I_n^2 J`` (a wide ``previous`` or a short
+    mode, e.g. 16 pixels), the exact :func:`leading_singular_vectors` is the cheaper one and runs.
+
+    Args:
+        x: tensor ``(I_1, ..., I_N)``, float32 or float64.
+        mode: the mode ``n``.
+        explained_variance: ``eps`` in ``(0, 1]`` (at 1 the exact path runs).
+        previous: ``(I_n, r_0)``, ``r_0 >= 1``, orthonormal columns, any float dtype.
+        name: names the activation in errors.
+
+    Returns:
+        ``U_n: (I_n, r_n)`` with orthonormal columns, dtype of ``x``.
+
+    Raises:
+        ValueError: ``previous`` is not ``(I_n, r_0 >= 1)``.
+        NonFiniteActivationError: ``x`` holds NaN or Inf.
+    """
+    size = x.shape[mode]
+    if previous.dim() != 2 or previous.shape[0] != size or previous.shape[1] < 1:
+        raise ValueError(f'{name}: previous basis of shape {tuple(previous.shape)} does not fit mode {mode} '
+                         f'of size {size}: give ({size}, r >= 1)')
+    total = x.double().square().sum()
+    _require_finite(total[None], name, mode)
+    if explained_variance >= 1.0 or float(total) == 0.0:
+        return leading_singular_vectors(x, mode, explained_variance, name)
+    basis, generator = previous.to(x.dtype), None
+    while _subspace_iteration_cheaper(basis.shape[1], size):
+        q = torch.linalg.qr(mode_cross(x, mode_product(x, basis.mT, mode), mode)).Q  # (I_n, r)
+        projected = mode_gram(mode_product(x, q.mT, mode), mode)  # Q^T X_(n) X_(n)^T Q: (r, r)
+        ritz_values, vectors, rtol = _eigh_descending((projected + projected.mT) / 2, x.device)
+        ritz_values = ritz_values.double().clamp(min=0)
+        # the energy Q leaves out, as one last pseudo-component: the rank is then over all of ||X||^2
+        values = torch.cat([ritz_values, (total - ritz_values.sum()).clamp(min=0)[None]])
+        rank = rank_from_explained_variance(values, explained_variance, rtol)
+        if rank <= q.shape[1]:
+            return (q @ vectors[:, :rank].to(q.dtype)).contiguous()
+        if generator is None:
+            generator = torch.Generator(device=x.device).manual_seed(0)
+        basis = torch.cat([q, torch.randn(size, q.shape[1], generator=generator, device=x.device,
+                                          dtype=x.dtype)], dim=1)
+    return leading_singular_vectors(x, mode, explained_variance, name)
+
+
 def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
              name: str = 'activation', center: bool = False,
-             fixed: Optional[Mapping[int, Tensor]] = None) -> Tucker:
+             fixed: Optional[Mapping[int, Tensor]] = None, warm: Optional[Mapping[int, Tensor]] = None) -> Tucker:
     r"""Truncated Tucker decomposition of ``x`` along ``modes``, ranks by explained variance.
 
     Args:
@@ -311,6 +374,10 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
         fixed: mode -> a basis ``(I_n, r_n)`` with orthonormal columns to use for that mode as it is (no
             eigendecomposition, no rank choice: e.g. :class:`SubspaceEstimate`'s, frozen after the first
             batches). Other modes in ``modes`` are decomposed as usual.
+        warm: mode -> a basis ``(I_n, r)`` to start that mode's decomposition from (e.g. the factor the
+            last step's ``compress`` returned for it): one subspace iteration instead of a Gram's
+            eigendecomposition, the rank still chosen so that ``eps`` is met on ``x``
+            (:func:`warm_leading_vectors`). An entry that does not fit its mode is ignored (exact).
 
     Returns:
         :class:`Tucker` whose core and factors have the dtype and device of ``x`` (the core float32 for a
@@ -336,12 +403,15 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
         if n not in modes or basis.dim() != 2 or basis.shape[0] != x.shape[n] or basis.shape[1] < 1:
             raise ValueError(f'{name}: fixed basis of mode {n} has shape {tuple(basis.shape)}; it must be '
                              f'(I_n, r >= 1) for one of the modes {tuple(modes)} of shape {tuple(x.shape)}')
+    warm = {n: u for n, u in (warm or {}).items()
+            if n in modes and n not in fixed and u.dim() == 2 and u.shape[0] == x.shape[n] and u.shape[1] > 0}
     with torch.no_grad(), autocast_disabled(x.device.type):
         work = x.detach().to(_work_dtype(x, explained_variance), memory_format=torch.contiguous_format)
         mean = work.mean(dim=(0, 2, 3)) if center else None
         if mean is not None:
             work = work - mean[None, :, None, None]
         bases = {n: fixed[n].to(work.dtype) if n in fixed
+                 else warm_leading_vectors(work, n, explained_variance, warm[n], name) if n in warm
                  else leading_singular_vectors(work, n, explained_variance, name) for n in modes}
         core = multi_mode_product(work, {n: u.mT for n, u in bases.items()})
         tucker = Tucker(core, tuple(bases.get(n) for n in range(x.dim())))

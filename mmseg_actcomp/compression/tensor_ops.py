@@ -73,6 +73,28 @@ def mode_gram(x: Tensor, mode: int) -> Tensor:
     return gram
 
 
+def mode_cross(x: Tensor, y: Tensor, mode: int) -> Tensor:
+    r"""``X_(n) Y_(n)^T`` of two tensors that differ at most in the size of mode ``mode``, without
+    building either unfolding.
+
+    Args:
+        x: ``(I_1, ..., I_n, ..., I_N)``.
+        y: ``(I_1, ..., J, ..., I_N)``, computed in ``x``'s dtype.
+        mode: the mode ``n`` (0-based).
+
+    Returns:
+        ``(I_n, J)``, dtype of ``x``.
+    """
+    p, i, q = _split_sizes(x.shape, mode)
+    j = y.shape[mode]
+    y3 = y.to(x.dtype).reshape(p, j, q)
+    if p == 1:
+        return x.reshape(i, q) @ y3[0].mT
+    if q == 1:
+        return x.reshape(p, i).mT @ y3[..., 0]
+    return torch.bmm(x.reshape(p, i, q), y3.mT).sum(0)
+
+
 def mode_product(x: Tensor, matrix: Tensor, mode: int) -> Tensor:
     r"""Mode-n product ``x \times_n M``: multiply every mode-``mode`` fibre of ``x`` by ``matrix``.
 

@@ -14,8 +14,9 @@ from ..ops.precise_bn import precise_norm_stats
 from ..ops.region import FineTuneRegion
 
 
-#: where checkpoints keep ``subspace='frozen'``'s bases: {layer path: {mode: (I_n, r_n)}}
-FROZEN_BASES_KEY = 'actcomp_frozen_bases'
+#: where checkpoints keep ``subspace='warm'``/``'frozen'``'s bases: {layer path: {'bases': {mode: (I_n, r_n)},
+#: ...}} (:meth:`FineTuneRegion.subspace_states`)
+SUBSPACES_KEY = 'actcomp_subspaces'
 
 
 @HOOKS.register_module()
@@ -86,12 +87,17 @@ class ActivationCompressionHook(Hook):
         require_load_from (bool): fail at start unless the config loads a checkpoint (``load_from``
             or ``resume``): fine-tuning and calibration configs set it, so that a forgotten
             ``--cfg-options load_from=...`` cannot silently fine-tune a random network. Defaults to False.
-        subspace (str): ``'exact'`` decomposes every step's inputs; ``'frozen'`` (HOSVD) estimates each
-            layer's channel and spatial bases from its first ``subspace_batches`` training batches and
-            then only projects onto them (no eigendecomposition; the batch mode stays exact). The bases
-            go into checkpoints, so a resumed run projects onto the same ones. Its effect on learning and
-            speed: the ``hosvd-0.8-frozen-subspace`` row of docs/finetune.md. Defaults to ``'exact'``.
-        subspace_batches (int): ``M >= 1`` batches for ``'frozen'``. Defaults to 8.
+        subspace (str): ``'exact'`` decomposes every step's inputs; ``'warm'`` (HOSVD) starts each
+            layer's channel and spatial bases from the last step's (one subspace iteration, ranks still
+            chosen so that every step meets ``explained_variance``) and decomposes exactly every
+            ``subspace_batches``-th step; ``'frozen'`` (HOSVD) estimates each layer's channel and spatial
+            bases from its first ``subspace_batches`` training batches and then only projects onto them
+            (no eigendecomposition). The batch mode stays exact. The bases go into checkpoints, so a
+            resumed run continues from the same ones. Their effect on learning and speed: the
+            ``hosvd-0.8-warm-subspace`` and ``hosvd-0.8-frozen-subspace`` rows of docs/finetune.md.
+            Defaults to ``'exact'``.
+        subspace_batches (int): ``M >= 1``: ``'frozen'``'s estimation batches, ``'warm'``'s refresh
+            period. Defaults to 8.
     """
 
     priority = 'VERY_HIGH'  # the model must be final before other hooks (EMA, ...) see it in before_run
@@ -158,14 +164,14 @@ class ActivationCompressionHook(Hook):
                   f'region BNs re-estimated over {count} training batches (per rank)', logger='current')
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        """``subspace='frozen'``: the frozen bases, so that a resumed run projects onto the same ones."""
-        bases = self.region.frozen_bases()
-        if bases:
-            checkpoint[FROZEN_BASES_KEY] = bases
+        """``subspace='warm'``/``'frozen'``: the layers' bases, so that a resumed run continues from them."""
+        states = self.region.subspace_states()
+        if states:
+            checkpoint[SUBSPACES_KEY] = states
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        if checkpoint.get(FROZEN_BASES_KEY):
-            self.region.load_frozen_bases(checkpoint[FROZEN_BASES_KEY])
+        if checkpoint.get(SUBSPACES_KEY):
+            self.region.load_subspace_states(checkpoint[SUBSPACES_KEY])
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         # the train loop calls model.train() at its start and after each validation

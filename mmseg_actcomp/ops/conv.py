@@ -60,12 +60,17 @@ class CompressedConv2d(nn.Conv2d):
         center: keep the input's per-channel mean exactly and decompose the rest (see
             :func:`mmseg_actcomp.compression.compress`); ranks then follow the variation around the mean.
             Defaults to True; False is the paper's decomposition of the raw input.
-        subspace: ``'exact'`` decomposes every step's input; ``'frozen'`` (HOSVD only) sums the channel
-            and spatial modes' Gram matrices over the first ``subspace_batches`` compressing steps
-            (decomposed exactly meanwhile), takes the bases explaining ``explained_variance`` of them, and
-            from then on only projects onto those bases (the batch mode, new samples every step, stays
-            exact); a mode whose size changes is decomposed exactly for that step.
-        subspace_batches: ``M >= 1`` for ``'frozen'``.
+        subspace: ``'exact'`` decomposes every step's input; ``'warm'`` (HOSVD only) starts each channel
+            and spatial mode from the last step's basis for it (one subspace iteration instead of a Gram
+            and its eigendecomposition, :func:`~mmseg_actcomp.compression.warm_leading_vectors`), the
+            ranks still chosen so that every step meets ``explained_variance``, and decomposes exactly
+            every ``subspace_batches``-th step and whenever a mode's size changes; ``'frozen'`` (HOSVD
+            only) sums the channel and spatial modes' Gram matrices over the first ``subspace_batches``
+            compressing steps (decomposed exactly meanwhile), takes the bases explaining
+            ``explained_variance`` of them, and from then on only projects onto those bases; a mode whose
+            size changes is decomposed exactly for that step. The batch mode (new samples every step)
+            stays exact in both.
+        subspace_batches: ``M >= 1``: ``'frozen'``'s estimation batches, ``'warm'``'s refresh period.
 
     Other attributes:
         layer_name: names the layer in errors; the class name unless whoever builds or swaps layers in
@@ -96,6 +101,8 @@ class CompressedConv2d(nn.Conv2d):
         self.subspace, self.subspace_batches = subspace, subspace_batches
         self.frozen_bases: Optional[Dict[int, Tensor]] = None  # 'frozen': mode -> basis, once estimated
         self._estimate: Optional[SubspaceEstimate] = None
+        self.warm_bases: Optional[Dict[int, Tensor]] = None  # 'warm': mode -> the last step's basis
+        self.warm_steps = 0  # 'warm': compressing steps since the last exact decomposition
 
     @property
     def explained_variance(self) -> float:
@@ -156,12 +163,43 @@ class CompressedConv2d(nn.Conv2d):
             return None
         return {n: u.to(x.device) for n, u in self.frozen_bases.items() if u.shape[0] == x.shape[n]} or None
 
+    def _warm_start(self, x: Tensor) -> Optional[Dict[int, Tensor]]:
+        """``'warm'``: the last step's bases that fit ``x``'s modes, or None on a refresh step."""
+        if self.subspace != 'warm' or self.warm_bases is None or self.warm_steps >= self.subspace_batches:
+            return None
+        return {n: u.to(x.device) for n, u in self.warm_bases.items() if u.shape[0] == x.shape[n]} or None
+
+    def _keep_warm(self, tucker: Tucker, warm: Optional[Dict[int, Tensor]]) -> None:
+        """``'warm'``: keep this step's channel and spatial factors for the next step."""
+        if self.subspace == 'warm':
+            self.warm_bases = {n: tucker.factors[n].detach() for n in SUBSPACE_MODES}
+            self.warm_steps = 1 if warm is None else self.warm_steps + 1
+
+    def subspace_state(self) -> Optional[Dict[str, object]]:
+        """What a resumed run needs to continue as this one would: ``'frozen'``'s bases once estimated,
+        ``'warm'``'s last bases and steps since the last exact step; None when there is none yet."""
+        if self.subspace == 'frozen' and self.frozen_bases is not None:
+            return {'bases': dict(self.frozen_bases)}
+        if self.subspace == 'warm' and self.warm_bases is not None:
+            return {'bases': dict(self.warm_bases), 'steps': self.warm_steps}
+        return None
+
+    def load_subspace_state(self, state: Dict[str, object]) -> None:
+        """Inverse of :meth:`subspace_state`."""
+        bases = {int(n): u for n, u in state['bases'].items()}
+        if self.subspace == 'frozen':
+            self.frozen_bases, self._estimate = bases, None
+        elif self.subspace == 'warm':
+            self.warm_bases, self.warm_steps = bases, int(state['steps'])
+        else:
+            raise ValueError(f"{self.layer_name}: a subspace state for a layer with subspace='exact'")
+
     def _estimate_subspace(self, x: Tensor) -> None:
         """``'frozen'``: add ``x`` to the estimate until ``subspace_batches`` inputs are in, then freeze."""
         if self.subspace != 'frozen' or self.frozen_bases is not None:
             return
         if self._estimate is None:
-            self._estimate = SubspaceEstimate(FROZEN_MODES, self.center)
+            self._estimate = SubspaceEstimate(SUBSPACE_MODES, self.center)
         self._estimate.add(x)
         if self._estimate.batches >= self.subspace_batches:
             self.frozen_bases = self._estimate.bases(self.explained_variance)
@@ -179,9 +217,11 @@ class CompressedConv2d(nn.Conv2d):
         x, padding = self._explicit_padding(x)
         whole = Tucker(x.detach(), (None,) * x.dim())
         try:
+            warm = self._warm_start(x)
             tucker = compress(x, self.explained_variance, METHODS[self.method], name=self.layer_name,
-                              center=self.center, fixed=self._fixed_bases(x))
+                              center=self.center, fixed=self._fixed_bases(x), warm=warm)
             self._estimate_subspace(x)
+            self._keep_warm(tucker, warm)
         except DecompositionError as e:
             self._warn_solver_failure(e)
             tucker = whole
@@ -196,9 +236,10 @@ class CompressedConv2d(nn.Conv2d):
                                  self.groups)
 
 
-#: the subspaces ``'frozen'`` fixes: channel and spatial (the batch mode sees new samples every step)
-FROZEN_MODES = (1, 2, 3)
-SUBSPACES = ('exact', 'frozen')
+#: the subspaces ``'warm'`` carries over and ``'frozen'`` fixes: channel and spatial (the batch mode sees new
+#: samples every step)
+SUBSPACE_MODES = (1, 2, 3)
+SUBSPACES = ('exact', 'warm', 'frozen')
 
 
 def validate_subspace(method: str, subspace: str, subspace_batches: int) -> None:
@@ -206,8 +247,8 @@ def validate_subspace(method: str, subspace: str, subspace_batches: int) -> None
     HOSVD only: SVD truncates only the batch mode) and ``subspace_batches`` an integer >= 1."""
     if subspace not in SUBSPACES:
         raise ValueError(f'subspace={subspace!r} is not one of {list(SUBSPACES)}')
-    if subspace == 'frozen' and method != 'hosvd':
-        raise ValueError(f"subspace='frozen' needs method='hosvd' ({method!r} truncates only the batch "
+    if subspace != 'exact' and method != 'hosvd':
+        raise ValueError(f"subspace={subspace!r} needs method='hosvd' ({method!r} truncates only the batch "
                          'mode, whose samples change every step)')
     if isinstance(subspace_batches, bool) or not isinstance(subspace_batches, int) or subspace_batches < 1:
         raise ValueError(f'subspace_batches={subspace_batches!r} must be an integer >= 1')

@@ -16,7 +16,7 @@ from ..compression import QUANTIZATION_BITS, validate_bits, validate_explained_v
 from ..utils.table import align
 from .convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all_but, select_last, swap_convs,
                       trace_conv_order)
-from .conv import validate_subspace
+from .conv import CompressedConv2d, validate_subspace
 from .lean import LeanBatchNorm2d, make_lean
 
 
@@ -138,19 +138,21 @@ class FineTuneRegion:
         self.region_norms = [m for m in self.eval_norms if isinstance(m, LeanBatchNorm2d) and not frozen(m)]
         return self.layer_paths
 
-    def frozen_bases(self) -> Dict[str, Dict[int, torch.Tensor]]:
-        """``subspace='frozen'``: layer path -> mode -> its frozen basis (layers still estimating left out)."""
-        return {path: dict(conv.frozen_bases) for path, conv in self.fine_tuned.items()
-                if getattr(conv, 'frozen_bases', None) is not None}
+    def subspace_states(self) -> Dict[str, Dict[str, object]]:
+        """``subspace='warm'`` or ``'frozen'``: layer path -> its
+        :meth:`~mmseg_actcomp.ops.CompressedConv2d.subspace_state` (layers without one yet left out)."""
+        states = {path: conv.subspace_state() for path, conv in self.fine_tuned.items()
+                  if isinstance(conv, CompressedConv2d)}
+        return {path: state for path, state in states.items() if state is not None}
 
-    def load_frozen_bases(self, bases: Dict[str, Dict[int, torch.Tensor]]) -> None:
-        """Restore :meth:`frozen_bases` (e.g. from a checkpoint) into the chosen layers; ValueError for a
-        path that is not one of them."""
-        unknown = sorted(set(bases) - set(self.fine_tuned))
+    def load_subspace_states(self, states: Dict[str, Dict[str, object]]) -> None:
+        """Restore :meth:`subspace_states` (e.g. from a checkpoint) into the chosen layers; ValueError for
+        a path that is not one of them."""
+        unknown = sorted(set(states) - set(self.fine_tuned))
         if unknown:
-            raise ValueError(f'frozen bases for layers that are not fine-tuned here: {unknown}')
-        for path, layer_bases in bases.items():
-            self.fine_tuned[path].frozen_bases = {int(n): u for n, u in layer_bases.items()}
+            raise ValueError(f'subspace states for layers that are not fine-tuned here: {unknown}')
+        for path, state in states.items():
+            self.fine_tuned[path].load_subspace_state(state)
 
     def set_norms_eval(self) -> None:
         """Put frozen BNs (and, with ``freeze_region_norm_stats``, the region's BNs) back in

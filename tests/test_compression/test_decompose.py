@@ -33,6 +33,8 @@ def test_mode_gram_and_product_match_unfolding(mode, channels_last):
     matrix = torch.randn(2, x.shape[mode], dtype=torch.float64)
     product = mode_product(x, matrix, mode)
     torch.testing.assert_close(unfold(product, mode), matrix @ unfolded)
+    from mmseg_actcomp.compression import mode_cross
+    torch.testing.assert_close(mode_cross(x, product, mode), unfolded @ unfold(product, mode).T)
 
 
 def test_multi_mode_product_is_order_independent():
@@ -465,3 +467,80 @@ def test_fixed_bases_are_used_as_given_and_checked():
         compress(x, 0.8, METHODS['hosvd'], fixed={1: torch.zeros(11, 3)})
     with pytest.raises(ValueError, match='fixed basis of mode 2'):
         compress(x, 0.8, METHODS['svd'], fixed={2: torch.zeros(9, 2)})  # not a truncated mode of SVD
+
+
+def _captured(x, basis, mode):
+    """``||U^T X_(n)||^2 / ||X||^2`` in float64."""
+    unfolded = unfold(x.double(), mode)
+    return float((basis.double().mT @ unfolded).square().sum() / unfolded.square().sum())
+
+
+def _exact_modes(monkeypatch):
+    """The modes the exact decomposition runs on from now on (a spy on ``leading_singular_vectors``)."""
+    from mmseg_actcomp.compression import decompose
+    modes, exact = [], decompose.leading_singular_vectors
+
+    def spy(x, mode, *args, **kwargs):
+        modes.append(mode)
+        return exact(x, mode, *args, **kwargs)
+    monkeypatch.setattr(decompose, 'leading_singular_vectors', spy)
+    return modes
+
+
+@pytest.mark.parametrize('eps', [0.6, 0.8, 0.9])
+def test_warm_leading_vectors_meet_eps_from_a_close_start_and_from_a_poor_one(eps, monkeypatch):
+    """One subspace iteration from the last batch's basis: orthonormal columns capturing at least eps of
+    this batch's energy, with the exact rank or a little more; from a 1-column random start it widens until
+    eps is met. No exact decomposition runs."""
+    from mmseg_actcomp.compression import leading_singular_vectors, warm_leading_vectors
+    both = low_rank_activation((8, 64, 12, 12), components=8, seed=3)
+    previous_x, x = both[:4].contiguous(), both[4:].contiguous()
+    exact = leading_singular_vectors(x, 1, eps)
+    starts = {'last batch': leading_singular_vectors(previous_x, 1, eps),
+              'random column': torch.linalg.qr(torch.randn(64, 1, generator=torch.Generator().manual_seed(0))).Q}
+    exact_modes = _exact_modes(monkeypatch)
+    for label, previous in starts.items():
+        basis = warm_leading_vectors(x, 1, eps, previous)
+        assert exact_modes == [], label
+        assert basis.shape[0] == 64 and basis.dtype == x.dtype, label
+        torch.testing.assert_close(basis.mT @ basis, torch.eye(basis.shape[1]), atol=1e-5, rtol=0)
+        assert _captured(x, basis, 1) >= eps - 1e-5, label
+        assert exact.shape[1] <= basis.shape[1] <= exact.shape[1] + 3, (label, basis.shape, exact.shape)
+
+
+def test_warm_leading_vectors_from_the_exact_basis_keep_the_exact_subspace():
+    from mmseg_actcomp.compression import leading_singular_vectors, warm_leading_vectors
+    x = low_rank_activation((4, 64, 12, 12), components=8, seed=4)
+    exact = leading_singular_vectors(x, 1, 0.8)
+    basis = warm_leading_vectors(x, 1, 0.8, exact)
+    assert basis.shape == exact.shape
+    # the same subspace: the projector onto one equals the projector onto the other
+    torch.testing.assert_close(basis @ basis.mT, exact @ exact.mT, atol=1e-4, rtol=0)
+
+
+def test_warm_leading_vectors_fall_back_to_exact_where_the_iteration_costs_more():
+    """A previous basis too wide for its mode (or eps = 1) gets the exact decomposition; a basis of the
+    wrong size is an error naming both shapes."""
+    from mmseg_actcomp.compression import leading_singular_vectors, warm_leading_vectors
+    x = low_rank_activation((4, 16, 8, 8), seed=5)
+    wide = torch.linalg.qr(torch.randn(16, 8)).Q  # 3 * 8 + 64 / 16 >= 16: the Gram is cheaper
+    torch.testing.assert_close(warm_leading_vectors(x, 1, 0.8, wide), leading_singular_vectors(x, 1, 0.8))
+    torch.testing.assert_close(warm_leading_vectors(x, 1, 1.0, wide[:, :1]), leading_singular_vectors(x, 1, 1.0))
+    with pytest.raises(ValueError, match=r'previous basis of shape \(15, 2\) does not fit mode 1 of size 16'):
+        warm_leading_vectors(x, 1, 0.8, torch.zeros(15, 2))
+
+
+def test_compress_warm_meets_eps_in_every_warm_mode_and_ignores_entries_that_do_not_fit(monkeypatch):
+    both = low_rank_activation((8, 64, 40, 40), components=8, seed=6)
+    previous = compress(both[:4], 0.8, METHODS['hosvd'])
+    x = both[4:].contiguous()
+    warm = {n: previous.factors[n] for n in (1, 2, 3)}
+    warm[0] = torch.zeros(3, 1)  # the batch mode's size is 4: ignored, decomposed exactly
+    exact_modes = _exact_modes(monkeypatch)
+    tucker = compress(x, 0.8, METHODS['hosvd'], warm=warm)
+    assert exact_modes == [0]
+    for n in range(4):
+        assert _captured(x, tucker.factors[n], n) >= 0.8 - 1e-5, n
+    exact = compress(x, 0.8, METHODS['hosvd'])
+    assert tucker.ranks[0] == exact.ranks[0]
+    assert all(exact.ranks[n] <= tucker.ranks[n] <= exact.ranks[n] + 3 for n in (1, 2, 3)), (tucker.ranks, exact.ranks)

@@ -444,31 +444,45 @@ def test_a_model_whose_inference_cannot_be_traced_says_to_give_layers():
         ActivationCompressionHook(num_layers=1).region.apply(Untraceable())
 
 
-def test_frozen_subspace_bases_go_into_checkpoints_and_come_back(deeplab):
-    """subspace='frozen': the hook saves each layer's frozen bases in the checkpoint and restores them on
-    load, so a resumed run projects onto the same subspaces; a fresh one estimates its own."""
+@pytest.mark.parametrize('subspace', ['warm', 'frozen'])
+def test_subspace_bases_go_into_checkpoints_and_a_resumed_run_continues_identically(deeplab, subspace):
+    """subspace='warm'/'frozen': the hook saves each layer's bases in the checkpoint and restores them on
+    load, so the resumed run's next step decomposes as the uninterrupted one's does (same ranks, same
+    weight gradients); a fresh run has no state of its own to save."""
     import copy
-    from mmseg_actcomp.hooks.activation_compression_hook import FROZEN_BASES_KEY
+    from mmseg_actcomp.hooks.activation_compression_hook import SUBSPACES_KEY
+
+    def step(model, hook, seed):
+        model.train()
+        hook.region.set_norms_eval()
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)  # the same dropout masks in both runs
+        image = torch.rand(2, 3, 64, 64)
+        model(image, mode='tensor').sum().backward()
+        return {p: (model.get_submodule(p).last_ranks, model.get_submodule(p).weight.grad.clone())
+                for p in hook.region.layer_paths}
+
     model = copy.deepcopy(deeplab)
-    hook = ActivationCompressionHook(num_layers=2, subspace='frozen', subspace_batches=1)
+    hook = ActivationCompressionHook(num_layers=2, subspace=subspace, subspace_batches=1 if subspace == 'frozen'
+                                     else 5)
     paths = hook.region.apply(model)
-    model.train()
-    hook.region.set_norms_eval()
-    model(torch.rand(2, 3, 64, 64), mode='tensor').sum().backward()
+    step(model, hook, seed=0)
     checkpoint = {}
     hook.before_save_checkpoint(None, checkpoint)
-    saved = checkpoint[FROZEN_BASES_KEY]
-    assert sorted(saved) == sorted(paths) and all(sorted(b) == [1, 2, 3] for b in saved.values())
+    saved = checkpoint[SUBSPACES_KEY]
+    assert sorted(saved) == sorted(paths) and all(sorted(s['bases']) == [1, 2, 3] for s in saved.values())
     resumed = copy.deepcopy(deeplab)
-    other = ActivationCompressionHook(num_layers=2, subspace='frozen', subspace_batches=1)
+    other = ActivationCompressionHook(num_layers=2, subspace=subspace, subspace_batches=hook.region.subspace_batches)
     other.region.apply(resumed)
-    assert other.region.frozen_bases() == {}
+    assert other.region.subspace_states() == {}
     other.after_load_checkpoint(None, checkpoint)
+    uninterrupted, continued = step(model, hook, seed=1), step(resumed, other, seed=1)
     for path in paths:
-        for n, basis in saved[path].items():
-            assert torch.equal(resumed.get_submodule(path).frozen_bases[n], basis)
+        assert continued[path][0] == uninterrupted[path][0]
+        diff = (continued[path][1] - uninterrupted[path][1]).norm() / uninterrupted[path][1].norm()
+        assert diff < 1e-5, (path, float(diff))
     with pytest.raises(ValueError, match='not fine-tuned here'):
-        other.region.load_frozen_bases({'backbone.stem.0': {}})
+        other.region.load_subspace_states({'backbone.stem.0': {}})
     empty = {}
     ActivationCompressionHook(num_layers=2).before_save_checkpoint(None, empty)  # exact: nothing saved
     assert empty == {}
@@ -476,7 +490,8 @@ def test_frozen_subspace_bases_go_into_checkpoints_and_come_back(deeplab):
 
 @pytest.mark.parametrize('kwargs,message', [
     (dict(method='svd', subspace='frozen'), "subspace='frozen' needs method='hosvd'"),
-    (dict(subspace='warm'), "subspace='warm' is not one of"),
+    (dict(subspace='cold'), r"subspace='cold' is not one of \['exact', 'warm', 'frozen'\]"),
+    (dict(method='svd', subspace='warm'), "subspace='warm' needs method='hosvd'"),
     (dict(subspace='frozen', subspace_batches=0), 'subspace_batches=0'),
 ])
 def test_bad_subspace_keys_are_named(kwargs, message):

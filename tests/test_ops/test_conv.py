@@ -536,9 +536,45 @@ def test_frozen_subspace_falls_back_to_exact_for_a_mode_whose_size_changed():
     assert layer.last_input_shape == (3, 4, 12, 8) and layer.frozen_bases[2].shape == (9, spatial)
 
 
+def test_warm_subspace_starts_each_step_from_the_last_bases_meets_eps_and_refreshes(monkeypatch):
+    """subspace='warm': the first step and every M-th decompose the channel and spatial modes exactly,
+    the steps between start from the last step's factors; every step's factors capture eps of its input
+    in every mode; a changed size is decomposed exactly."""
+    from mmseg_actcomp.compression import decompose, unfold
+    conv = nn.Conv2d(48, 8, 3, padding=1)
+    layer = HOSVDConv2d.from_conv(conv, 0.8, center=False, subspace='warm', subspace_batches=3)
+    starts, warm = [], decompose.warm_leading_vectors
+
+    def spy(x, mode, eps, previous, name='activation'):
+        starts.append((mode, previous))
+        return warm(x, mode, eps, previous, name)
+    monkeypatch.setattr(decompose, 'warm_leading_vectors', spy)
+    batches = low_rank_activation((20, 48, 36, 36), components=8, seed=7).split(4)
+    for step, x in enumerate(batches):
+        before = layer.warm_bases
+        _, saved = saved_tensors(lambda: grads(layer, x.contiguous()))
+        warm_modes = [mode for mode, _ in starts]
+        if step % 3 == 0:
+            assert warm_modes == [], step  # exact: the first step, and a refresh every 3
+        else:
+            assert warm_modes == [1, 2, 3], step
+            for mode, previous in starts:
+                assert previous is before[mode]
+        factors = non_parameter(saved, layer)[1:]
+        for n in range(4):
+            unfolded = unfold(x.double(), n)
+            captured = (factors[n].double().mT @ unfolded).square().sum() / unfolded.square().sum()
+            assert captured >= 0.8 - 1e-5, (step, n)
+        assert layer.warm_steps == step % 3 + 1
+        starts.clear()
+    grads(layer, low_rank_activation((4, 48, 30, 36), seed=8))  # H changed: mode 2 exact, no error
+    assert [mode for mode, _ in starts] == [1, 3] and layer.warm_bases[2].shape[0] == 30
+
+
 @pytest.mark.parametrize('layer_cls,subspace,batches,message', [
     (SVDConv2d, 'frozen', 8, "subspace='frozen' needs method='hosvd'"),
-    (HOSVDConv2d, 'warm', 8, "subspace='warm' is not one of"),
+    (SVDConv2d, 'warm', 8, "subspace='warm' needs method='hosvd'"),
+    (HOSVDConv2d, 'cold', 8, r"subspace='cold' is not one of \['exact', 'warm', 'frozen'\]"),
     (HOSVDConv2d, 'frozen', 0, 'subspace_batches=0 must be an integer >= 1'),
 ])
 def test_bad_subspace_arguments_are_named(layer_cls, subspace, batches, message):
