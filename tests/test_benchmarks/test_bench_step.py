@@ -80,7 +80,7 @@ def test_files_hold_the_figures_and_the_command(run):
 def test_paper_scale_sets_the_paper_configs_variants_and_target_unless_given():
     args = bench_step.parse_args(['--paper-scale'])
     assert args.configs == bench_step.PAPER_CONFIGS and args.variants == bench_step.PAPER_VARIANTS
-    assert (args.batches, args.steps, args.warmup) == (1, 3, 1)
+    assert (args.batches, args.steps, args.warmup) == (2, 5, 1)  # >= 5 steps, a warm start from another batch
     args = bench_step.parse_args(['--paper-scale', '--steps', '5', '--variants', 'svd'])
     assert args.steps == 5 and args.variants == ['vanilla', 'svd', 'hosvd']  # vanilla and hosvd always run
 
@@ -127,3 +127,18 @@ def test_a_storage_moving_from_the_region_to_the_rest_does_not_pass_the_region_t
                           'measured_bytes': {'region': 350 * kib, 'rest': 1512 * kib}}}
     region = bench_step._targets(variants, 20.0)[2]
     assert region['value'] == pytest.approx(8000 / 862) and region['met'] is False  # not 8000 / 350
+
+
+def test_subspace_lines_give_each_variants_ratios_and_the_warm_target():
+    def variant(seconds, region):
+        return {'step_median_s': seconds, 'measured_bytes': {'region': region}}
+    results = [{'variants': {'vanilla': variant(10.0, 1000), 'hosvd': variant(12.0, 40),
+                             'hosvd-warm': variant(9.0, 40), 'hosvd-frozen': variant(8.0, 30)}},
+               {'variants': {'vanilla': variant(10.0, 1000), 'hosvd': variant(12.0, 40),
+                             'hosvd-warm': variant(11.0, 44)}}]
+    lines = bench_step.subspace_lines(results)
+    assert lines == [
+        "hosvd-warm step time 0.90-1.10x vanilla, 0.75-0.92x exact HOSVD's (target <= 1.0x vanilla: met on 1 "
+        "of 2 models); its region 1.00-1.10x exact HOSVD's.",
+        "hosvd-frozen step time 0.80x vanilla, 0.67x exact HOSVD's; its region 0.75x exact HOSVD's."]
+    assert bench_step.subspace_lines([{'variants': {'vanilla': variant(1, 1), 'hosvd': variant(1, 1)}}]) == []
