@@ -213,7 +213,7 @@ def unchanged(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def choose_explained_variance(costs: Mapping[str, Sequence[Cost]], budget_bytes: int) -> Dict[str, float]:
+def choose_explained_variance(costs: Mapping[str, Sequence[Cost]], budget_bytes: float) -> Dict[str, float]:
     """The threshold per layer minimising the summed error with the summed kept bytes within ``budget_bytes``.
 
     A multiple-choice knapsack solved exactly by dynamic programming over bytes counted in units of
@@ -222,7 +222,7 @@ def choose_explained_variance(costs: Mapping[str, Sequence[Cost]], budget_bytes:
 
     Args:
         costs: layer path -> its options, :class:`Cost` or ``(eps, bytes, error)`` tuples.
-        budget_bytes: ``>= 0``.
+        budget_bytes: ``>= 0`` (not necessarily whole: ``memory_budget_mib * 2**20``).
 
     Returns:
         path -> the chosen ``eps``, every path of ``costs``.
@@ -273,21 +273,21 @@ def _add_layer(least: Tensor, options: Sequence[Cost], unit: int) -> Tuple[Tenso
     return added, pick
 
 
-def infeasible_message(budget_bytes: int, minimum_bytes: int, num_layers: int) -> str:
+def infeasible_message(budget_bytes: float, minimum_bytes: int, num_layers: int) -> str:
     """What :class:`BudgetInfeasibleError` says: the budget, the minimum and what to do, in MiB."""
     minimum = f'{math.ceil(minimum_bytes / MIB * 1000) / 1000:.3f}'  # rounded up: a budget of it holds them
-    return (f'memory_budget_mib={budget_bytes / MIB:.4g} cannot be met: the {num_layers} fine-tuned convs keep at '
+    return (f'memory_budget_mib={budget_bytes / MIB:g} cannot be met: the {num_layers} fine-tuned convs keep at '
             f'least {minimum} MiB on the calibration batches, each at its cheapest explained_variance; raise '
             f'memory_budget_mib to at least {minimum} or fine-tune fewer layers')
 
 
-def budget_table(costs: Mapping[str, Sequence[Cost]], choice: Mapping[str, float], budget_bytes: int) -> str:
+def budget_table(costs: Mapping[str, Sequence[Cost]], choice: Mapping[str, float], budget_bytes: float) -> str:
     """An aligned table of the choice: per layer its ``eps``, calibrated kept MiB and weight-gradient
     error, then the totals against the budget."""
     chosen = {path: next(c for c in costs[path] if c.explained_variance == eps) for path, eps in choice.items()}
     rows = [(path, f'{c.explained_variance:g}', f'{c.kept_bytes / MIB:.3f}', f'{c.error:.4g}')
             for path, c in chosen.items()]
-    rows.append((f'total (budget {budget_bytes / MIB:.4g} MiB)', '',
+    rows.append((f'total (budget {budget_bytes / MIB:g} MiB)', '',
                  f'{sum(c.kept_bytes for c in chosen.values()) / MIB:.3f}',
                  f'{sum(c.error for c in chosen.values()):.4g}'))
     return align(('layer', 'explained_variance', 'kept MiB (calibrated)', '||dW_eps - dW||_F'), rows, left=1)

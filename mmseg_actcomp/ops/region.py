@@ -182,7 +182,7 @@ class FineTuneRegion:
         Raises:
             BudgetInfeasibleError: (a ``ValueError``) the budget is below the layers' cheapest kept bytes.
         """
-        budget_bytes = math.floor(self.memory_budget_mib * MIB)
+        budget_bytes = self.memory_budget_mib * MIB
         choice = choose_explained_variance(costs, budget_bytes)
         self.load_budget_choice(choice)
         self.budget_table = (f'memory_budget_mib={self.memory_budget_mib:g}: explained_variance per layer, '

@@ -195,7 +195,7 @@ def test_fit_budget_chooses_from_the_grid_leaves_the_model_and_fits_the_budget(d
     assert all(region.fine_tuned[p].explained_variance == eps for p, eps in choice.items())
     for path, eps in choice.items():
         assert f'{path}  ' in region.budget_table
-    assert f'{region.memory_budget_mib:.4g} MiB' in region.budget_table
+    assert f'(budget {region.memory_budget_mib:g} MiB)' in region.budget_table
     for batch in batches:  # measured on the calibration batches: within the budget
         assert kept_bytes_of_a_step(model, region, batch) <= region.memory_budget_mib * MIB
     summary = region.summary(model)
