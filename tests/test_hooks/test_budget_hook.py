@@ -143,3 +143,49 @@ def test_train_py_fits_the_budget_once_and_resume_keeps_the_choice(sample_worksp
     assert out.returncode == 1, out.stdout[-3000:]
     assert 'error: ' in out.stdout and 'raise memory_budget_mib to at least' in out.stdout
     assert 'Traceback' not in out.stdout and 'Iter(train)' not in out.stdout
+
+
+@pytest.mark.slow
+def test_ddp_ranks_choose_the_same_thresholds(sample_workspace, tmp_path):
+    """Each rank calibrates on its own batches; the combined cost tables make every rank choose the same eps
+    (a rank with another choice would keep other factors and its checkpoint would differ)."""
+    config = sample_config('deeplabv3_r18-d8', 'hosvd-0.8-10L')
+    initial_checkpoint('deeplabv3_r18-d8', tmp_path / 'init.pth')
+    out = run_tool(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29541',
+                    osp.join(REPO, 'tests', 'helpers', 'dist_cpu_train.py'), config, '--launcher', 'pytorch',
+                    '--work-dir', tmp_path / 'work', '--cfg-options', f'load_from={tmp_path / "init.pth"}',
+                    'custom_hooks.0.memory_budget_mib=1.0', 'env_cfg.dist_cfg.backend=gloo',
+                    'model_wrapper_cfg.type=MMDistributedDataParallel', 'model_wrapper_cfg.device_ids=None',
+                    'train_cfg.max_iters=1', 'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1',
+                    'default_hooks.logger.interval=1'], cwd=sample_workspace)
+    assert out.returncode == 0, out.stdout[-5000:]
+    assert 'Distributed training: True' in out.stdout and 'chosen on 2 training batches' in out.stdout
+    from mmseg_actcomp.utils import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()
+    choice = torch.load(tmp_path / 'work' / 'iter_1.pth', map_location='cpu')[BUDGET_CHOICE_KEY]
+    assert len(choice) == 10
+
+
+def _combine_on_rank(rank, folder, port):
+    """One rank of :func:`test_cost_tables_are_combined_across_ranks`: its own table, combined."""
+    import torch.distributed as dist
+
+    from mmseg_actcomp.hooks.activation_compression_hook import costs_of_every_rank
+    from mmseg_actcomp.ops.budget import Cost
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2)
+    try:
+        table = {'a': [Cost(0.5, 100 + 50 * rank, 1.0 + rank), Cost(0.9, 300 - rank, 0.5 * rank)]}
+        torch.save(costs_of_every_rank(table), osp.join(folder, f'{rank}.pt'))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cost_tables_are_combined_across_ranks(tmp_path):
+    """Bytes the largest of the ranks', errors their mean: every rank gets the same table, hence the same
+    choice."""
+    import torch.multiprocessing as mp
+
+    from mmseg_actcomp.ops.budget import Cost
+    mp.spawn(_combine_on_rank, args=(str(tmp_path), 29553), nprocs=2, join=True)
+    tables = [torch.load(tmp_path / f'{rank}.pt', weights_only=False) for rank in (0, 1)]
+    assert tables[0] == tables[1] == {'a': [Cost(0.5, 150, 1.5), Cost(0.9, 300, 0.25)]}
