@@ -12,7 +12,7 @@ import copy
 import logging
 import os.path as osp
 from itertools import islice
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
@@ -142,21 +142,55 @@ def compression_hook_cfg(cfg: Config) -> Optional[dict]:
     return copy.deepcopy(entries[0]) if entries else None
 
 
+def compression_region(cfg: Config) -> Optional[FineTuneRegion]:
+    """The :class:`~mmseg_actcomp.ops.region.FineTuneRegion` of the config's ``ActivationCompressionHook``
+    (its keys checked as training checks them), not yet applied; None when the config has no such hook."""
+    from mmseg.registry import HOOKS
+    hook_cfg = compression_hook_cfg(cfg)
+    if hook_cfg is None:
+        return None
+    with explained_errors('custom_hooks'):
+        return HOOKS.build(hook_cfg).region
+
+
 def apply_compression_hook(cfg: Config, model: nn.Module) -> Tuple[Optional[FineTuneRegion], List[str]]:
-    """Build the config's ``ActivationCompressionHook`` (its keys checked as training checks them) and
-    apply its :class:`~mmseg_actcomp.ops.region.FineTuneRegion` to ``model`` (choose, swap, make lean,
-    freeze), as training's ``before_run`` does.
+    """Apply the config's :func:`compression_region` to ``model`` (choose, swap, make lean, freeze), as
+    training's ``before_run`` does.
 
     Returns:
         ``(region, layer_paths)``, or ``(None, [])`` when the config has no such hook.
     """
-    from mmseg.registry import HOOKS
-    hook_cfg = compression_hook_cfg(cfg)
-    if hook_cfg is None:
+    region = compression_region(cfg)
+    if region is None:
         return None, []
-    with explained_errors('custom_hooks'):
-        region = HOOKS.build(hook_cfg).region
     return region, list(region.apply(model))
+
+
+def budget_batches(region: Optional[FineTuneRegion]) -> int:
+    """How many batches the region's ``memory_budget_mib`` calibrates on (0 without a budget)."""
+    return region.budget_batches if region is not None and region.memory_budget_mib is not None else 0
+
+
+def fit_budget(region: FineTuneRegion, model: nn.Module, loss_of_batch: Callable[[dict], torch.Tensor],
+               batches: Sequence[dict]) -> None:
+    """Choose the region's thresholds within ``memory_budget_mib`` on ``batches`` as training's hook does
+    when it starts (:meth:`~mmseg_actcomp.ops.region.FineTuneRegion.fit_budget`), ``loss_of_batch`` its loss;
+    an infeasible budget is a :class:`MeasureError` saying the minimum."""
+    try:
+        region.fit_budget(model, lambda batch: loss_of_batch(batch).backward(), batches)
+    except ValueError as exc:  # BudgetInfeasibleError, or too few batches
+        raise MeasureError(f'custom_hooks: {HOOK_TYPE}: {exc}') from exc
+    print_log(f'{HOOK_TYPE}: {region.budget_table}', logger='current')
+
+
+def budget_note(region: FineTuneRegion, report: dict) -> str:
+    """The report's line on the budget: the choice, and the measured kept bytes of the chosen convs."""
+    budget, kept = region.memory_budget_mib, report['totals']['estimate']
+    verdict = 'within' if kept['peak_mib'] <= budget else 'OVER'
+    return (f'memory_budget_mib={budget:g}: explained_variance chosen per layer on the first '
+            f'{region.budget_batches} batches (explained_variance_per_layer); the chosen convs kept '
+            f"{kept['peak_mib']:.3f} MiB at most in a measured batch ({kept['mean_mib']:.3f} on average): "
+            f'{verdict} the budget')
 
 
 def set_train_mode(model: nn.Module, region: Optional[FineTuneRegion]) -> None:
@@ -213,9 +247,12 @@ def _run_meta(config: str, checkpoint: Optional[str], region: Optional[FineTuneR
               hook_cfg: Optional[dict], layer_paths: Sequence[str], device: torch.device) -> dict:
     """The description of a run written at the top of its report."""
     method = region.method if region is not None else None
+    per_layer = region.budget_choice if region is not None else {}
     return {
         'config': config, 'checkpoint': checkpoint, 'hook': hook_cfg, 'method': method,
-        'explained_variance': None if method in (None, 'none') else region.explained_variance,
+        'explained_variance': None if method in (None, 'none') or per_layer else region.explained_variance,
+        'memory_budget_mib': region.memory_budget_mib if region is not None else None,
+        'explained_variance_per_layer': dict(per_layer) or None,
         'center': region.center if region is not None else None,
         'num_layers': len(layer_paths), 'device': str(device),
         'notes': [] if region is not None else [NO_HOOK_NOTE],
@@ -228,9 +265,10 @@ def measure_config(config: str, checkpoint: Optional[str] = None, num_batches: i
     """Measure the activation memory of training ``config`` on its own train data.
 
     Builds the segmentor (``init_weights``, then ``checkpoint`` or the config's ``load_from``), applies
-    the config's ``ActivationCompressionHook`` (its region: choose, swap, freeze), switches to train mode
-    and runs ``num_batches`` forward+backward steps on batches ``(B, 3, H, W)`` of the train dataloader,
-    with no optimizer step.
+    the config's ``ActivationCompressionHook`` (its region: choose, swap, freeze), switches to train mode,
+    chooses the thresholds within the hook's ``memory_budget_mib`` (if set) on the first ``budget_batches``
+    batches as training does, and runs ``num_batches`` forward+backward steps on batches ``(B, 3, H, W)`` of
+    the train dataloader, with no optimizer step.
 
     Args:
         config: path of an mmseg config.
@@ -256,12 +294,18 @@ def measure_config(config: str, checkpoint: Optional[str] = None, num_batches: i
         raise MeasureError(f'checkpoint {checkpoint!r} does not exist')
     cfg = load_config(config, cfg_options)
     set_random_seed(seed)
-    batches = train_batches(cfg, num_batches, seed)  # first: missing data fails before the model builds
+    region = compression_region(cfg)
+    calibration = budget_batches(region)
+    # first: missing data fails before the model builds
+    batches = train_batches(cfg, max(num_batches, calibration), seed)
     model = build_segmentor(cfg, checkpoint)
-    region, layer_paths = apply_compression_hook(cfg, model)
+    layer_paths = list(region.apply(model)) if region is not None else []
     model.to(device)
     set_train_mode(model, region)
     loss_of_batch = SegmentorLoss(model)
+    if calibration:
+        fit_budget(region, model, loss_of_batch, batches[:calibration])
+    batches = batches[:num_batches]
     bar = ProgressBar(len(batches)) if progress else None
     steps = measure_steps(model, batches, loss_of_batch, layer_paths, device,
                           on_step=None if bar is None else lambda step: bar.update())
@@ -269,4 +313,7 @@ def measure_config(config: str, checkpoint: Optional[str] = None, num_batches: i
                      layer_paths, device)
     meta.update(batch_shape=list(loss_of_batch.input_shape), dtype=loss_of_batch.dtype, log=log,
                 versions=versions())
-    return build_report(steps, layer_paths, meta)
+    report = build_report(steps, layer_paths, meta)
+    if region is not None and region.budget_choice:
+        report['notes'].append(budget_note(region, report))
+    return report

@@ -1,8 +1,10 @@
 """The config line that turns activation compression on for any mmseg segmentor."""
+import contextlib
 import copy
 import gc
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
+import torch
 from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
@@ -10,6 +12,8 @@ from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
 from ..apis.checks import HookConfigError
+from ..apis.segmentor import SegmentorLoss
+from ..ops.budget import Cost
 from ..ops.precise_bn import precise_norm_stats
 from ..ops.region import FineTuneRegion
 
@@ -17,6 +21,8 @@ from ..ops.region import FineTuneRegion
 #: where checkpoints keep ``subspace='warm'``/``'frozen'``'s bases: {layer path: {'bases': {mode: (I_n, r_n)},
 #: ...}} (:meth:`FineTuneRegion.subspace_states`)
 SUBSPACES_KEY = 'actcomp_subspaces'
+#: where checkpoints keep ``memory_budget_mib``'s choice: {layer path: explained_variance}
+BUDGET_CHOICE_KEY = 'actcomp_explained_variance'
 
 
 @HOOKS.register_module()
@@ -98,6 +104,14 @@ class ActivationCompressionHook(Hook):
             Defaults to ``'exact'``.
         subspace_batches (int): ``M >= 1``: ``'frozen'``'s estimation batches, ``'warm'``'s refresh
             period. Defaults to 8.
+        memory_budget_mib (float, optional): MiB for what the chosen convs keep of their inputs (their
+            factors only: not the region's BNs, ReLUs, ...). When fine-tuning starts (not on resume: the
+            checkpoint holds the choice) each layer's ``explained_variance`` is replaced by one from
+            0.5-0.95 chosen on ``budget_batches`` training batches: the least summed weight-gradient
+            error ``||dW_eps - dW||_F`` whose kept bytes (the largest over those batches) fit the budget.
+            The choice is logged; a budget below the layers' cheapest bytes fails at start, saying the
+            minimum. Only for 'svd'/'hosvd'. None (default) keeps ``explained_variance`` everywhere.
+        budget_batches (int): ``>= 1`` calibration batches for ``memory_budget_mib``. Defaults to 2.
     """
 
     priority = 'VERY_HIGH'  # the model must be final before other hooks (EMA, ...) see it in before_run
@@ -107,14 +121,16 @@ class ActivationCompressionHook(Hook):
                  freeze_others: bool = True, lean_region: bool = True,
                  freeze_region_norm_stats: bool = False, require_load_from: bool = False,
                  center: bool = True, precise_norm_batches: int = 0,
-                 norm_input_bits: Optional[int] = 4, subspace: str = 'exact', subspace_batches: int = 8) -> None:
+                 norm_input_bits: Optional[int] = 4, subspace: str = 'exact', subspace_batches: int = 8,
+                 memory_budget_mib: Optional[float] = None, budget_batches: int = 2) -> None:
         try:
             self.region = FineTuneRegion(
                 method=method, explained_variance=explained_variance, num_layers=num_layers, layers=layers,
                 freeze_others=freeze_others, lean_region=lean_region,
                 freeze_region_norm_stats=freeze_region_norm_stats, precise_norm_batches=precise_norm_batches,
                 norm_input_bits=norm_input_bits, center=center, subspace=subspace,
-                subspace_batches=subspace_batches)
+                subspace_batches=subspace_batches, memory_budget_mib=memory_budget_mib,
+                budget_batches=budget_batches)
         except ValueError as e:
             raise HookConfigError(f'ActivationCompressionHook: {e}') from None
         self.require_load_from = bool(require_load_from)
@@ -129,7 +145,7 @@ class ActivationCompressionHook(Hook):
             raise HookConfigError('ActivationCompressionHook(require_load_from=True): this config fine-tunes '
                                   'a trained network but load_from is not set; add '
                                   '--cfg-options load_from=CHECKPOINT (or --resume)')
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = bare_model(runner)
         try:
             self.region.apply(model)
         except ValueError as e:
@@ -144,34 +160,66 @@ class ActivationCompressionHook(Hook):
         print_log(f'ActivationCompressionHook: {self.region.summary(model)}', logger='current')
 
     def before_train(self, runner) -> None:
+        """When fine-tuning starts (not on resume: the checkpoint holds both), ``precise_norm_batches``
+        re-estimates the region BNs' statistics, then ``memory_budget_mib`` chooses each layer's threshold
+        on statistics as training will see them."""
+        if runner.iter > 0:
+            return
+        self._precise_norm_stats(runner)
+        self._fit_budget(runner)
+
+    def _precise_norm_stats(self, runner) -> None:
         """``precise_norm_batches``: re-estimate the region BNs' running statistics on the training data."""
         norms = self.region.region_norms
-        if not self.region.precise_norm_batches or not norms or runner.iter > 0:
-            return  # nothing to re-estimate, or resumed: the checkpoint holds the statistics
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        if not self.region.precise_norm_batches or not norms:
+            return
+        model = bare_model(runner)
 
         def forward(batch):
             model(**model.data_preprocessor(batch, True), mode='tensor')
 
-        # A loader of its own, built from the config as the runner built its own: iterating the runner's
-        # would close its InfiniteSampler's shared index generator, ending training's data.
-        loader = runner.build_dataloader(copy.deepcopy(runner.cfg.train_dataloader), seed=runner.seed)
-        count = precise_norm_stats(model, norms, loader, forward, self.region.precise_norm_batches)
+        count = precise_norm_stats(model, norms, training_loader(runner), forward, self.region.precise_norm_batches)
         for norm in norms:  # each rank averaged its own batches
             all_reduce(norm.running_mean, op='mean')
             all_reduce(norm.running_var, op='mean')
         print_log(f'ActivationCompressionHook: running statistics of the {len(norms)} '
                   f'region BNs re-estimated over {count} training batches (per rank)', logger='current')
 
+    def _fit_budget(self, runner) -> None:
+        """``memory_budget_mib``: choose each layer's ``explained_variance`` (:meth:`FineTuneRegion.fit_budget`)
+        on costs that every rank shares, so that all choose the same; log the choice."""
+        if self.region.memory_budget_mib is None:
+            return
+        model = bare_model(runner)
+        loss_of_batch = SegmentorLoss(model)
+        optim_context = getattr(runner.optim_wrapper, 'optim_context', None)
+
+        def run_batch(batch):
+            with optim_context(model) if optim_context else contextlib.nullcontext():  # AMP: autocast
+                loss = loss_of_batch(batch)
+            loss.backward()
+
+        costs = self.region.budget_costs(model, run_batch, training_loader(runner))
+        try:
+            self.region.choose_budget(costs_of_every_rank(costs))
+        except ValueError as e:  # BudgetInfeasibleError
+            raise HookConfigError(f'ActivationCompressionHook: {e}') from None
+        print_log(f'ActivationCompressionHook: {self.region.budget_table}', logger='current')
+
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        """``subspace='warm'``/``'frozen'``: the layers' bases, so that a resumed run continues from them."""
+        """``subspace='warm'``/``'frozen'``: the layers' bases, so that a resumed run continues from them;
+        ``memory_budget_mib``: the chosen thresholds, so that it keeps them."""
         states = self.region.subspace_states()
         if states:
             checkpoint[SUBSPACES_KEY] = states
+        if self.region.budget_choice:
+            checkpoint[BUDGET_CHOICE_KEY] = dict(self.region.budget_choice)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if checkpoint.get(SUBSPACES_KEY):
             self.region.load_subspace_states(checkpoint[SUBSPACES_KEY])
+        if checkpoint.get(BUDGET_CHOICE_KEY) and self.region.memory_budget_mib is not None:
+            self.region.load_budget_choice(checkpoint[BUDGET_CHOICE_KEY])
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         # the train loop calls model.train() at its start and after each validation
@@ -181,3 +229,26 @@ class ActivationCompressionHook(Hook):
         stats = self.region.stats()
         if stats is not None:
             runner.message_hub.update_scalars({f'train/actcomp_{k}': v for k, v in stats.items()})
+
+
+def bare_model(runner):
+    """The runner's model without its DDP wrapper."""
+    return runner.model.module if is_model_wrapper(runner.model) else runner.model
+
+
+def training_loader(runner):
+    """A train dataloader of the hook's own, built from the config as the runner built its own: iterating
+    the runner's would close its InfiniteSampler's shared index generator, ending training's data."""
+    return runner.build_dataloader(copy.deepcopy(runner.cfg.train_dataloader), seed=runner.seed)
+
+
+def costs_of_every_rank(costs: Dict[str, List[Cost]]) -> Dict[str, List[Cost]]:
+    """The budget's cost tables combined over the ranks (each calibrated on its own batches): bytes the
+    largest, errors the mean, so that every rank chooses the same thresholds. Unchanged on one process."""
+    paths = list(costs)
+    kept = torch.tensor([[c.kept_bytes for c in costs[p]] for p in paths], dtype=torch.float64)
+    errors = torch.tensor([[c.error for c in costs[p]] for p in paths], dtype=torch.float64)
+    all_reduce(kept, op='max')
+    all_reduce(errors, op='mean')
+    return {p: [Cost(c.explained_variance, int(k), float(e)) for c, k, e in zip(costs[p], kept[i], errors[i])]
+            for i, p in enumerate(paths)}

@@ -167,10 +167,15 @@ def format_summary(report: dict) -> str:
     return '\n\n'.join(parts + [_totals_table(report)])
 
 
+def _budget_text(report: dict) -> str:
+    budget = report.get('memory_budget_mib')
+    return '-' if budget is None else f'per layer (memory_budget_mib {budget:g})'
+
+
 def format_report(report: dict) -> str:
     """The aligned text tables of a :func:`build_report` report: layers, whole model, per op."""
     head = (f"config {report.get('config')}  method {report.get('method') or '- (no hook)'}  "
-            f"eps {report.get('explained_variance') or '-'}  layers {len(report['layers'])}  "
+            f"eps {report.get('explained_variance') or _budget_text(report)}  layers {len(report['layers'])}  "
             f"device {report.get('device')}  batches {report['num_batches']}  "
             f"batch {_shape_text(report.get('batch_shape'))}")
     parts = [head]

@@ -75,6 +75,9 @@ class CompressedConv2d(nn.Conv2d):
     Other attributes:
         layer_name: names the layer in errors; the class name unless whoever builds or swaps layers in
             sets it (e.g. to the module's path in the model).
+        runs_plain: while True the layer is exactly ``nn.Conv2d`` (keeps its input whole, records nothing,
+            adds nothing to a ``'frozen'`` estimate): :func:`~mmseg_actcomp.ops.budget.plain_convs` sets it
+            for the calibration pass of a memory budget, which needs the exact weight gradient.
     """
     method: str = ''
 
@@ -91,6 +94,7 @@ class CompressedConv2d(nn.Conv2d):
         self.explained_variance = explained_variance
         self.center = bool(center)
         self.layer_name = type(self).__name__
+        self.runs_plain = False
         self.last_ranks: Optional[Tuple[int, ...]] = None
         self.last_input_shape: Optional[Tuple[int, ...]] = None
         self.last_kept_bytes: Optional[int] = None
@@ -126,8 +130,29 @@ class CompressedConv2d(nn.Conv2d):
 
     def _compresses(self, x: Tensor) -> bool:
         """Whether this forward needs the weight gradient, hence a kept copy of ``x``."""
-        return (self.training and torch.is_grad_enabled() and self.weight.requires_grad
+        return (not self.runs_plain and self.training and torch.is_grad_enabled() and self.weight.requires_grad
                 and x.numel() > 0)
+
+    def prepare_input(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor], Tuple[int, int]]:
+        """``(x, weight, bias, padding)`` as a compressing forward convolves and decomposes them: cast as
+        autocast casts a convolution's arguments, ``x: (B, C, H, W)`` padded as far as the convolution
+        cannot do it (:meth:`_explicit_padding`) and the numeric zero padding left for it."""
+        x, weight, bias = autocast_conv_args(x, self.weight, self.bias)
+        x, padding = self._explicit_padding(x)
+        return x, weight, bias, padding
+
+    def decompose(self, x: Tensor, explained_variance: float,
+                  warm: Optional[Dict[int, Tensor]] = None) -> Tucker:
+        """The decomposition a compressing forward takes of its prepared input ``x: (B, C, H, W)``
+        (:meth:`prepare_input`) at ``explained_variance``: this method's modes, ``center``, the frozen bases
+        where estimated, ``'warm'``'s start bases ``warm`` (mode -> ``(I_n, r)``) where given. No side
+        effect; :func:`no_smaller` says whether the layer keeps ``x`` instead.
+
+        Raises:
+            DecompositionError: no eigen-solver converged (the layer then keeps ``x`` whole).
+        """
+        return compress(x, explained_variance, METHODS[self.method], name=self.layer_name, center=self.center,
+                        fixed=self._fixed_bases(x), warm=warm)
 
     def _explicit_padding(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         """``x`` padded as far as the convolution cannot do it, and the zero padding left for it."""
@@ -213,20 +238,18 @@ class CompressedConv2d(nn.Conv2d):
             return frozen_weight_conv2d(self, x)
         if x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        x, weight, bias = autocast_conv_args(x, self.weight, self.bias)
-        x, padding = self._explicit_padding(x)
+        x, weight, bias, padding = self.prepare_input(x)
         whole = Tucker(x.detach(), (None,) * x.dim())
         try:
             warm = self._warm_start(x)
-            tucker = compress(x, self.explained_variance, METHODS[self.method], name=self.layer_name,
-                              center=self.center, fixed=self._fixed_bases(x), warm=warm)
+            tucker = self.decompose(x, self.explained_variance, warm)
             self._estimate_subspace(x)
             self._keep_warm(tucker, warm)
         except DecompositionError as e:
             self._warn_solver_failure(e)
             tucker = whole
         self._record(tucker, x)
-        self.last_kept_whole = tucker is whole or tucker.nbytes >= self.last_vanilla_bytes
+        self.last_kept_whole = tucker is whole or no_smaller(tucker, x)
         if self.last_kept_whole:
             # Ranks (nearly) full on a small input, or no solver converged: keep the input, as a plain
             # conv does (never more than that), and the weight gradient is exact.
@@ -234,6 +257,12 @@ class CompressedConv2d(nn.Conv2d):
             self.last_kept_bytes, self.last_kept_energy = tucker.nbytes, x.new_ones((), dtype=torch.float32)
         return compressed_conv2d(x, weight, bias, tucker, self.stride, padding, self.dilation,
                                  self.groups)
+
+
+def no_smaller(tucker: Tucker, x: Tensor) -> bool:
+    """Whether ``tucker`` takes at least the bytes of ``x: (B, C, H, W)`` itself: a compressed layer then
+    keeps ``x`` whole, as ``nn.Conv2d`` does (never more than that)."""
+    return tucker.nbytes >= x.numel() * x.element_size()
 
 
 #: the subspaces ``'warm'`` carries over and ``'frozen'`` fixes: channel and spatial (the batch mode sees new

@@ -6,14 +6,16 @@ swap them for compressed ones, make the rest of their region lean, freeze everyt
 BNs on running statistics. The hook, the memory tool and the benchmarks all call it; only the hook knows
 about runners.
 """
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+import math
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..compression import QUANTIZATION_BITS, validate_bits, validate_explained_variance
+from ..compression import METHODS, QUANTIZATION_BITS, validate_bits, validate_explained_variance
 from ..utils.table import align
+from .budget import MIB, Cost, budget_table, calibration_costs, choose_explained_variance, unchanged
 from .convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all_but, select_last, swap_convs,
                       trace_conv_order)
 from .conv import CompressedConv2d, validate_subspace
@@ -45,6 +47,8 @@ class FineTuneRegion:
     After :meth:`apply`: ``layer_paths`` (the chosen convs, in forward order), ``fine_tuned`` (path ->
     layer), ``eval_norms`` (the BNs to run on running statistics in training: :meth:`set_norms_eval`) and
     ``region_norms`` (those of them inside the region that still train: what precise BN re-estimates).
+    With ``memory_budget_mib``, after :meth:`fit_budget`: ``budget_choice`` (path -> the chosen
+    ``explained_variance``) and ``budget_table`` (the choice as a printable table).
     """
 
     def __init__(self, method: str = 'hosvd', explained_variance: float = 0.8,
@@ -52,7 +56,8 @@ class FineTuneRegion:
                  freeze_others: bool = True, lean_region: bool = True,
                  freeze_region_norm_stats: bool = False, precise_norm_batches: int = 0,
                  norm_input_bits: Optional[int] = 4, center: bool = True, subspace: str = 'exact',
-                 subspace_batches: int = 8) -> None:
+                 subspace_batches: int = 8, memory_budget_mib: Optional[float] = None,
+                 budget_batches: int = 2) -> None:
         if method not in CONV_TYPES:
             raise ValueError(f'method={method!r} is not allowed; use one of {sorted(CONV_TYPES)}')
         try:
@@ -84,6 +89,10 @@ class FineTuneRegion:
         if method != 'none':
             validate_subspace(method, subspace, subspace_batches)
         self.subspace, self.subspace_batches = subspace, subspace_batches
+        validate_budget(method, memory_budget_mib, budget_batches)
+        self.memory_budget_mib, self.budget_batches = memory_budget_mib, budget_batches
+        self.budget_choice: Dict[str, float] = {}
+        self.budget_table: Optional[str] = None
         self.method = method
         self.num_layers = num_layers
         self.layers = list(layers) if layers is not None else None
@@ -154,6 +163,50 @@ class FineTuneRegion:
         for path, state in states.items():
             self.fine_tuned[path].load_subspace_state(state)
 
+    def budget_costs(self, model: nn.Module, run_batch: Callable[[object], object],
+                     batches: Iterable) -> Dict[str, List[Cost]]:
+        """The cost table of ``memory_budget_mib`` (:func:`~mmseg_actcomp.ops.budget.calibration_costs`)
+        over ``budget_batches`` of ``batches``, in training mode with the frozen BNs on running statistics;
+        ``model`` (after :meth:`apply`) is left as it was.
+
+        Args:
+            run_batch: ``run_batch(batch)`` runs a training forward and backward of ``model`` on one batch.
+        """
+        with unchanged(model):
+            model.train()
+            self.set_norms_eval()
+            return calibration_costs(self.fine_tuned, run_batch, batches, self.budget_batches)
+
+    def choose_budget(self, costs: Dict[str, List[Cost]]) -> Dict[str, float]:
+        """Choose each layer's ``explained_variance`` from ``costs`` (:meth:`budget_costs`, e.g. averaged
+        over ranks) within ``memory_budget_mib`` and set it (:meth:`load_budget_choice`); keep the table.
+
+        Raises:
+            BudgetInfeasibleError: (a ``ValueError``) the budget is below the layers' cheapest kept bytes.
+        """
+        budget_bytes = self.memory_budget_mib * MIB
+        choice = choose_explained_variance(costs, budget_bytes)
+        self.load_budget_choice(choice)
+        self.budget_table = (f'memory_budget_mib={self.memory_budget_mib:g}: explained_variance per layer, '
+                             f'chosen on {self.budget_batches} training batches\n'
+                             + budget_table(costs, choice, budget_bytes))
+        return choice
+
+    def fit_budget(self, model: nn.Module, run_batch: Callable[[object], object],
+                   batches: Iterable) -> Dict[str, float]:
+        """:meth:`budget_costs`, then :meth:`choose_budget`: path -> the chosen ``explained_variance``."""
+        return self.choose_budget(self.budget_costs(model, run_batch, batches))
+
+    def load_budget_choice(self, choice: Dict[str, float]) -> None:
+        """Set the chosen layers' ``explained_variance`` to ``choice`` (path -> eps, e.g. from a checkpoint)
+        and keep it as ``budget_choice``; ValueError for a path that is not one of them."""
+        unknown = sorted(set(choice) - set(self.fine_tuned))
+        if unknown:
+            raise ValueError(f'explained_variance chosen for layers that are not fine-tuned here: {unknown}')
+        for path, eps in choice.items():
+            self.fine_tuned[path].explained_variance = eps
+        self.budget_choice = dict(choice)
+
     def set_norms_eval(self) -> None:
         """Put frozen BNs (and, with ``freeze_region_norm_stats``, the region's BNs) back in
         running-statistics mode: ``model.train()`` switches them to batch statistics."""
@@ -169,18 +222,20 @@ class FineTuneRegion:
         """A line of the options and the trainable parameter count, then two tables: the chosen layers
         (path, type, shape of weight, trainable parameters) and the region's BNs (path, the statistics
         they normalise with, what they keep for backward)."""
-        rows = [('#', 'layer', 'type', 'weight', 'trainable params')]
+        rows = [('#', 'layer', 'type', 'weight', 'trainable params', 'explained_variance')]
         for i, path in enumerate(self.layer_paths, 1):
             conv = self.fine_tuned[path]
             rows.append((str(i), path, type(conv).__name__, 'x'.join(map(str, conv.weight.shape)),
-                         str(sum(p.numel() for p in conv.parameters() if p.requires_grad))))
+                         str(sum(p.numel() for p in conv.parameters() if p.requires_grad)),
+                         f'{conv.explained_variance:g}' if isinstance(conv, CompressedConv2d) else '-'))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         head = (f'method={self.method}, explained_variance={self.explained_variance}, '
                 f'{len(self.layer_paths)} layers, lean_region={self.lean_region}, '
                 f'freeze_region_norm_stats={self.freeze_region_norm_stats}, '
                 f'precise_norm_batches={self.precise_norm_batches}, '
-                f'norm_input_bits={self.norm_input_bits}, center={self.center}, subspace={self.subspace}; '
+                f'norm_input_bits={self.norm_input_bits}, center={self.center}, subspace={self.subspace}, '
+                f'memory_budget_mib={self.memory_budget_mib}; '
                 f'{trainable}/{total} parameters trainable')
         norms = [('region BN', 'statistics', 'keeps for backward')]
         for path, norm in model.named_modules():
@@ -203,6 +258,21 @@ class FineTuneRegion:
         if norm.weight is not None and norm.weight.requires_grad:
             return statistics, f'x_hat for the gamma gradient, {norm.method} eps {norm.explained_variance}'
         return statistics, 'nothing'
+
+
+def validate_budget(method: str, memory_budget_mib: Optional[float], budget_batches: int) -> None:
+    """ValueError naming the value unless ``memory_budget_mib`` is None or a number > 0 (with method
+    ``'svd'``/``'hosvd'``: only they have a threshold to choose) and ``budget_batches`` an integer >= 1."""
+    if memory_budget_mib is not None:
+        if isinstance(memory_budget_mib, bool) or not isinstance(memory_budget_mib, (int, float)) \
+                or not math.isfinite(memory_budget_mib) or memory_budget_mib <= 0:
+            raise ValueError(f'memory_budget_mib={memory_budget_mib!r} must be a number of MiB > 0, or None for '
+                             'no budget')
+        if method not in METHODS:
+            raise ValueError(f'memory_budget_mib={memory_budget_mib!r} chooses explained_variance per layer: it '
+                             f"needs method='svd' or 'hosvd', not {method!r}")
+    if isinstance(budget_batches, bool) or not isinstance(budget_batches, int) or budget_batches < 1:
+        raise ValueError(f'budget_batches={budget_batches!r} must be an integer >= 1')
 
 
 def trace_inference_convs(model: nn.Module) -> List[str]:

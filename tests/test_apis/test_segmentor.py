@@ -1,8 +1,11 @@
 """mmseg_actcomp.apis.segmentor: loading weights says what went wrong and what the user may do."""
+import os.path as osp
+
 import pytest
 import torch
 from torch import nn
 
+from conftest import REPO
 from mmseg_actcomp.apis.segmentor import MeasureError, load_weights
 
 
@@ -37,3 +40,31 @@ def test_a_second_hook_entry_is_a_measure_error():
         compression_hook_cfg(Config(dict(custom_hooks=[entry, entry])))
     with pytest.raises(MeasureError, match="custom_hooks: .*method='tucker' is not allowed"):
         compression_hook_cfg(Config(dict(custom_hooks=[dict(entry, method='tucker')])))
+
+
+BUDGET_CONFIG = osp.join(REPO, 'configs', 'sample', 'deeplabv3_r18-d8_hosvd-0.8-10L_1xb2-20it_vocsample-128x128.py')
+
+
+@pytest.mark.slow
+def test_measure_config_fits_the_hooks_budget_first_and_reports_it(sample_workspace, monkeypatch):
+    """The memory tool measures what training keeps: with memory_budget_mib, the thresholds chosen on the
+    first budget_batches batches, which its measured batches then keep within the budget."""
+    from mmseg_actcomp.apis import measure_config
+    from mmseg_actcomp.memory import format_report
+    from mmseg_actcomp.ops.budget import EXPLAINED_VARIANCE_GRID
+    monkeypatch.chdir(sample_workspace)
+    layers = ['decode_head.aspp_modules.3.conv', 'decode_head.bottleneck.conv', 'decode_head.conv_seg']
+    options = {'custom_hooks.0.layers': layers, 'custom_hooks.0.memory_budget_mib': 0.3}
+    report = measure_config(BUDGET_CONFIG, num_batches=2, cfg_options=options, progress=False)
+    per_layer = report['explained_variance_per_layer']
+    assert report['memory_budget_mib'] == 0.3 and report['explained_variance'] is None
+    assert list(per_layer) == layers and set(per_layer.values()) <= set(EXPLAINED_VARIANCE_GRID)
+    kept = report['totals']['estimate']
+    assert 0 < kept['peak_mib'] <= 0.3  # measured on the batches the budget was fitted on
+    note = next(n for n in report['notes'] if n.startswith('memory_budget_mib=0.3: '))
+    assert f"kept {kept['peak_mib']:.3f} MiB at most in a measured batch" in note and 'within the budget' in note
+    assert 'eps per layer (memory_budget_mib 0.3)' in format_report(report)
+    with pytest.raises(MeasureError, match=r'custom_hooks: ActivationCompressionHook: memory_budget_mib=0.001 '
+                                           r'cannot be met: .* raise memory_budget_mib to at least \d+\.\d{3}'):
+        measure_config(BUDGET_CONFIG, num_batches=1, progress=False,
+                       cfg_options=dict(options, **{'custom_hooks.0.memory_budget_mib': 0.001}))
