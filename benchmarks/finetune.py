@@ -62,6 +62,12 @@ METHODS = {
     # 4 = the step-time run's left-out first window, so its timed iterations all project
     'hosvd-0.8-frozen-subspace': dict(method='hosvd', explained_variance=0.8, subspace='frozen',
                                       subspace_batches=4),
+    # each step's channel and spatial bases from one subspace iteration started at the last step's, ranks
+    # still meeting eps every step; exact every 8th step (the hook's default)
+    'hosvd-0.8-warm-subspace': dict(method='hosvd', explained_variance=0.8, subspace='warm'),
+    # per-layer eps from 0.5-0.95 chosen on 2 batches at the start for the least weight-gradient error
+    # within 1 MiB for the 10 convs' factors (what eps 0.8 keeps: about 0.9-1.4 MiB over these runs)
+    'hosvd-budget-1mib': dict(method='hosvd', memory_budget_mib=1.0),
 }
 #: logged iterations whose time is left out of the step time: the first window holds the warm-up
 WARMUP_LOGS = 1
