@@ -5,7 +5,14 @@ the input's energy kept; each also with the input centred first (its per-channel
 decomposition spent on the rest: what the hook's ``center=True`` keeps).
 
     python benchmarks/grad_fidelity.py [--checkpoints CKPT ...] [--batches 3] [--eps 0.7 0.8 0.9]
-        [--out docs/grad_fidelity.md]
+        [--subspace-batches 5] [--out docs/grad_fidelity.md]
+
+A second section compares HOSVD's subspace options (the layers' ``subspace='exact'``, ``'warm'``,
+``'frozen'``, issue 14) at eps 0.8, centred: the inputs of ``--subspace-batches`` consecutive training
+batches go through a :class:`~mmseg_actcomp.ops.HOSVDConv2d` twin of each layer in order, as training would
+feed it (``'frozen'`` estimating on the first 2, ``'warm'`` starting each batch from the previous one's
+bases), and the weight gradient each computes on the batches after the first 2 is compared with the exact
+one.
 
 By default the checkpoints are the learning benchmark's calibrated start and the ends of its first HOSVD
 eps 0.8 runs, uncentred (the paper's decomposition) and centred (the default) (benchmarks/finetune.py
@@ -73,21 +80,10 @@ def approximations(x, eps, method):
 def measure(checkpoint, batches=3, eps_values=(0.7, 0.8, 0.9), methods=('hosvd', 'svd')):
     """Rows ``{layer, method, eps, variant, cos, norm_ratio, energy, ranks, kib}``, each the mean over
     batches (ranks: the largest)."""
-    from mmseg_actcomp.apis.segmentor import (SegmentorLoss, apply_compression_hook, build_segmentor,
-                                              load_config, set_train_mode, train_batches)
-    cfg = load_config(osp.join(REPO, CONFIG))
-    data = train_batches(cfg, batches)
-    model = build_segmentor(cfg, checkpoint)
-    region, paths = apply_compression_hook(cfg, model)
-    set_train_mode(model, region)
-    loss_of = SegmentorLoss(model)
-    convs = {p: model.get_submodule(p) for p in paths}
     figures = {}
-    for batch in data:
-        with InputAndGradient(convs) as probe:
-            loss_of(batch).backward()
+    for convs, inputs in _captured_batches(checkpoint, batches):
         for path, conv in convs.items():
-            x, dy = probe.seen[path]['x'], probe.seen[path]['dy']
+            x, dy = inputs[path]
             exact = weight_gradient(conv, x, dy).flatten()
             for method in methods:
                 for eps in eps_values:
@@ -97,7 +93,6 @@ def measure(checkpoint, batches=3, eps_values=(0.7, 0.8, 0.9), methods=('hosvd',
                         cell.append((float(torch.nn.functional.cosine_similarity(approx, exact, dim=0)),
                                      float(approx.norm() / exact.norm()),
                                      float(x_hat.square().sum() / x.square().sum()), ranks, nbytes))
-        model.zero_grad(set_to_none=True)
     return [dict(layer=path, method=method, eps=eps, variant=variant, cos=mean(c[0] for c in cells),
                  norm_ratio=mean(c[1] for c in cells), energy=mean(c[2] for c in cells),
                  ranks=[max(c[3][i] for c in cells) for i in range(len(cells[0][3]))],
@@ -105,8 +100,83 @@ def measure(checkpoint, batches=3, eps_values=(0.7, 0.8, 0.9), methods=('hosvd',
             for (path, method, eps, variant), cells in figures.items()]
 
 
+#: the subspace section: options compared, the threshold, and the batches 'frozen' estimates on (and
+#: that are left out of the figures for every option)
+SUBSPACES, SUBSPACE_EPS, ESTIMATE_BATCHES = ('exact', 'warm', 'frozen'), 0.8, 2
+
+
+def measure_subspaces(checkpoint, batches=5):
+    """Rows ``{layer, subspace, cos, norm_ratio, energy, ranks}`` for HOSVD eps :data:`SUBSPACE_EPS`: each
+    layer's twin :class:`~mmseg_actcomp.ops.HOSVDConv2d` per subspace option fed the layer's inputs of
+    ``batches`` consecutive batches; figures the mean over the batches after the first
+    :data:`ESTIMATE_BATCHES` (ranks: the largest), ``energy`` the layer's ``last_kept_energy``."""
+    from mmseg_actcomp.ops import HOSVDConv2d
+    seen = list(_captured_batches(checkpoint, batches))
+    rows = []
+    for path, conv in seen[0][0].items():
+        for subspace in SUBSPACES:
+            twin = HOSVDConv2d.from_conv(conv, SUBSPACE_EPS, center=True, subspace=subspace,
+                                         subspace_batches=ESTIMATE_BATCHES if subspace == 'frozen' else 8)
+            twin.train()
+            cells = []
+            for index, (_, inputs) in enumerate(seen):
+                x, dy = inputs[path]
+                approx, = torch.autograd.grad(twin(x), twin.weight, dy)
+                if index >= ESTIMATE_BATCHES:
+                    exact = weight_gradient(conv, x, dy).flatten()
+                    approx = approx.flatten()
+                    cells.append((float(torch.nn.functional.cosine_similarity(approx, exact, dim=0)),
+                                  float(approx.norm() / exact.norm()), float(twin.last_kept_energy),
+                                  twin.last_ranks))
+            rows.append(dict(layer=path, subspace=subspace, cos=mean(c[0] for c in cells),
+                             norm_ratio=mean(c[1] for c in cells), energy=mean(c[2] for c in cells),
+                             ranks=[max(c[3][i] for c in cells) for i in range(4)]))
+    return rows
+
+
+def _captured_batches(checkpoint, batches):
+    """``(convs, {path: (x, dy)})`` per training batch, the network run vanilla from ``checkpoint``."""
+    from mmseg_actcomp.apis.segmentor import (SegmentorLoss, apply_compression_hook, build_segmentor,
+                                              load_config, set_train_mode, train_batches)
+    cfg = load_config(osp.join(REPO, CONFIG))
+    data = train_batches(cfg, batches)
+    model = build_segmentor(cfg, checkpoint)
+    region, paths = apply_compression_hook(cfg, model)
+    set_train_mode(model, region)
+    loss_of = SegmentorLoss(model)
+    convs = {p: model.get_submodule(p) for p in paths}
+    for batch in data:
+        with InputAndGradient(convs) as probe:
+            loss_of(batch).backward()
+        model.zero_grad(set_to_none=True)
+        yield convs, {p: (probe.seen[p]['x'], probe.seen[p]['dy']) for p in paths}
+
+
+def subspace_section(rows, batches):
+    """The markdown of :func:`measure_subspaces`' rows for one checkpoint."""
+    lines = [f'### HOSVD ε {SUBSPACE_EPS:g}, centred: subspace options', '',
+             f'{batches} consecutive batches through each layer\'s twin, figures over the last '
+             f'{batches - ESTIMATE_BATCHES} (`frozen` estimated its bases on the first {ESTIMATE_BATCHES}; '
+             '`warm` starts each batch from the previous one\'s bases). energy: the layer\'s '
+             '`last_kept_energy`.', '',
+             '| layer | ' + ' | '.join(f'{s} ranks | {s} energy | {s} cos' for s in SUBSPACES) + ' |',
+             '| --- |' + ' --- |' * (3 * len(SUBSPACES))]
+    by_key = {(r['layer'], r['subspace']): r for r in rows}
+    for layer in dict.fromkeys(r['layer'] for r in rows):
+        cells = [by_key[(layer, s)] for s in SUBSPACES]
+        lines.append(f'| {layer} | ' + ' | '.join(f'{"x".join(map(str, c["ranks"]))} | {c["energy"]:.3f} | '
+                                                  f'{c["cos"]:.3f}' for c in cells) + ' |')
+    lines.append('')
+    for subspace in SUBSPACES:
+        cells = [r for r in rows if r['subspace'] == subspace]
+        lines.append(f'- {subspace}: mean cos {mean(r["cos"] for r in cells):.3f}, mean norm ratio '
+                     f'{mean(r["norm_ratio"] for r in cells):.3f}, mean energy {mean(r["energy"] for r in cells):.3f}')
+    return lines + ['']
+
+
 def markdown(results, command, seconds):
-    """The page: ``results`` is ``[(checkpoint, rows of measure()), ...]``."""
+    """The page: ``results`` is ``[(checkpoint, rows of measure(), rows of measure_subspaces(), its batches),
+    ...]``."""
     lines = ['# Weight-gradient fidelity of compressed convs, per layer', '',
              f'Written by `{command}` ({seconds:.0f} s on this machine). Do not edit: rerun the command.', '',
              'KiB: what the layer keeps of its input (core and factors; centred: also the mean). '
@@ -114,9 +184,10 @@ def markdown(results, command, seconds):
              'norm: its norm over the exact one\'s; energy: ||x_hat||^2 / ||x||^2; ranks: the largest '
              'over the batches (B, C, H, W for HOSVD; B for SVD). *centred*: the per-channel mean over '
              '(B, H, W) kept exactly, the rest decomposed at the same ε.', '']
-    for checkpoint, rows in results:
+    for checkpoint, rows, subspace_rows, batches in results:
         lines += [f'## Weights: `{checkpoint}`', '']
         lines += _method_sections(rows)
+        lines += subspace_section(subspace_rows, batches)
     return '\n'.join(lines)
 
 
@@ -152,16 +223,23 @@ def main(argv=None):
                         'its first HOSVD eps 0.8 run)')
     p.add_argument('--batches', type=int, default=3)
     p.add_argument('--eps', type=float, nargs='+', default=[0.7, 0.8, 0.9])
+    p.add_argument('--subspace-batches', type=int, default=5,
+                   help=f'batches for the subspace section (> {ESTIMATE_BATCHES}: the first '
+                        f'{ESTIMATE_BATCHES} estimate frozen bases)')
     p.add_argument('--out', help='write the markdown page here (e.g. docs/grad_fidelity.md)')
     args = p.parse_args(argv)
     if args.batches < 1:
         p.error(f'--batches must be >= 1, got {args.batches}')
+    if args.subspace_batches <= ESTIMATE_BATCHES:
+        p.error(f'--subspace-batches must be > {ESTIMATE_BATCHES}, got {args.subspace_batches}')
     for checkpoint in args.checkpoints:
         if not osp.isfile(osp.join(REPO, checkpoint)):
             sys.exit(f'no checkpoint at {checkpoint}: run python benchmarks/finetune.py first (it writes '
                      'the default ones), or give --checkpoints')
     start = time.time()
-    results = [(c, measure(osp.join(REPO, c), args.batches, tuple(args.eps))) for c in args.checkpoints]
+    results = [(c, measure(osp.join(REPO, c), args.batches, tuple(args.eps)),
+                measure_subspaces(osp.join(REPO, c), args.subspace_batches), args.subspace_batches)
+               for c in args.checkpoints]
     command = 'python benchmarks/grad_fidelity.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     text = markdown(results, command.strip(), time.time() - start)
     print(text)

@@ -108,8 +108,23 @@ def test_grad_fidelity_pieces_are_exact_at_eps_one():
 def test_grad_fidelity_page_has_a_section_per_checkpoint():
     rows = [dict(layer='decode_head.conv_seg', method='hosvd', eps=0.8, variant=variant, cos=cos, norm_ratio=0.5,
                  energy=0.9, ranks=[1, 2, 1, 1], kib=1.5) for variant, cos in (('plain', 0.25), ('centred', 0.75))]
-    text = grad_fidelity.markdown([('a.pth', rows), ('b.pth', rows)], 'python benchmarks/grad_fidelity.py', 3)
+    subspace_rows = [dict(layer='decode_head.conv_seg', subspace=s, cos=0.5, norm_ratio=1.0, energy=0.9,
+                          ranks=[4, 8, 3, 3]) for s in grad_fidelity.SUBSPACES]
+    text = grad_fidelity.markdown([('a.pth', rows, subspace_rows, 5), ('b.pth', rows, subspace_rows, 5)],
+                                  'python benchmarks/grad_fidelity.py', 3)
     assert text.count('## Weights: ') == 2 and '## Weights: `b.pth`' in text
+    assert text.count(': subspace options') == 2
     assert ('| decode_head.conv_seg | 0.8 | 1x2x1x1 | 1.5 | 0.900 | 0.250 | 0.500 | 1x2x1x1 | 1.5 | 0.900 | 0.750 |'
             in text)
     assert '- hosvd ε 0.8, centred: mean cos 0.750' in text
+
+
+def test_grad_fidelity_subspace_section_has_a_row_per_layer_and_a_mean_per_option():
+    rows = [dict(layer=layer, subspace=s, cos=c, norm_ratio=1.0, energy=0.9, ranks=[4, 8, 3, 3])
+            for layer in ('a.conv', 'b.conv') for s, c in zip(grad_fidelity.SUBSPACES, (0.9, 0.8, 0.7))]
+    lines = grad_fidelity.subspace_section(rows, batches=5)
+    table = [line for line in lines if line.startswith('| a.conv') or line.startswith('| b.conv')]
+    assert len(table) == 2 and table[0].count('|') == 2 + 3 * len(grad_fidelity.SUBSPACES)
+    assert '| a.conv | 4x8x3x3 | 0.900 | 0.900 | 4x8x3x3 | 0.900 | 0.800 |' in table[0]
+    assert '- frozen: mean cos 0.700, mean norm ratio 1.000, mean energy 0.900' in lines
+    assert 'figures over the last 3' in lines[2]
