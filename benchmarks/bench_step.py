@@ -80,6 +80,10 @@ VARIANTS = {
                      "HOSVD, lean region, channel/spatial bases estimated on the first batch, then only "
                      "projected onto (subspace='frozen'; memory measured on all batches, the first while "
                      "estimating)"),
+    'hosvd-budget': (dict(method='hosvd', lean_region=True), False,
+                     "HOSVD, lean region, memory_budget_mib = what hosvd's convs kept (its estimate, the largest "
+                     'over the batches): explained_variance chosen per layer for the least weight-gradient error '
+                     'within it, on the first 2 batches'),
     'hosvd-paper': (dict(method='hosvd', lean_region=False), False,
                     "HOSVD, lean_region=False (the paper's accounting: only conv inputs compressed)"),
     'vanilla+cp': (dict(method='none'), True, "vanilla with the backbone's with_cp=True"),
@@ -91,9 +95,11 @@ MAX_TIME_RATIO, MAX_REGION_OVER_ESTIMATE, MIN_REGION_REDUCTION = 1.3, 1.25, 20.0
 #: matter there (each step takes seconds, not milliseconds)
 PAPER_CONFIGS = ['configs/paper_scale/deeplabv3_mv2-d8_hosvd-0.8-10L_1xb8-100it_vocfinetune-512x512.py',
                  'configs/paper_scale/pspnet_mv2-d8_hosvd-0.8-10L_1xb8-100it_vocfinetune-512x512.py']
-PAPER_VARIANTS = ['vanilla', 'hosvd', 'hosvd-warm', 'hosvd-frozen', 'hosvd-paper']
+PAPER_VARIANTS = ['vanilla', 'hosvd', 'hosvd-warm', 'hosvd-frozen', 'hosvd-budget', 'hosvd-paper']
+#: the variant whose budget is what TARGET_VARIANT's convs kept (so that both keep as much)
+BUDGET_VARIANT = 'hosvd-budget'
 #: issue 14's step-time targets of the subspace variants against vanilla (None: reported, no target)
-SUBSPACE_TIME_TARGETS = {'hosvd-warm': 1.0, 'hosvd-frozen': None}
+SUBSPACE_TIME_TARGETS = {'hosvd-warm': 1.0, 'hosvd-frozen': None, 'hosvd-budget': None}
 #: --paper-scale: two batches, so that a warm start comes from another batch's bases as in training, and
 #: the median of 5 timed steps after 1 warm-up step (issue 14)
 PAPER_BATCHES, PAPER_STEPS, PAPER_WARMUP = 2, 5, 1
@@ -200,7 +206,7 @@ def _variant_figures(name: str, report: dict, times: List[float]) -> dict:
         'step_times_s': times, 'step_median_s': statistics.median(times),
         'peak_bytes': report['totals']['peak'].get('mean_bytes'),
         'measured_bytes': {k: measured[k]['mean_bytes'] for k in ('total', 'region', 'rest')},
-        'estimate_bytes': estimate['mean_bytes'],
+        'estimate_bytes': estimate['mean_bytes'], 'estimate_peak_bytes': estimate['peak_bytes'],
         'per_op_region': {op: {'bytes': r['mean_bytes'], 'saves': r['saves']}
                           for op, r in report['per_op']['region'].items()},
         'ranks': {row['path']: row['ranks'] for row in report['layers']},
@@ -240,7 +246,7 @@ def bench_config(config: str, num_batches: int = 3, steps: int = 5, warmup: int 
 
     import mmseg_actcomp  # noqa: F401  (registers the hook and layers, as custom_imports would)
     from mmseg_actcomp.memory import build_report, measure_steps
-    from mmseg_actcomp.apis.segmentor import (SegmentorLoss, build_segmentor, compression_hook_cfg,
+    from mmseg_actcomp.apis.segmentor import (SegmentorLoss, build_segmentor, compression_hook_cfg, fit_budget,
                                                 load_config, set_train_mode, train_batches)
 
     cfg = load_config(config, cfg_options)
@@ -262,10 +268,16 @@ def bench_config(config: str, num_batches: int = 3, steps: int = 5, warmup: int 
         entry = dict(hook_cfg, **overrides)
         if layer_paths is not None:  # the same layers for every variant, as the first one chose them
             entry.update(layers=layer_paths, num_layers=None)
+        if name == BUDGET_VARIANT:
+            entry.update(memory_budget_mib=runs[TARGET_VARIANT]['report']['totals']['estimate']['peak_mib'],
+                         budget_batches=min(2, len(batches)))
         region = HOOKS.build(entry).region
         layer_paths = list(region.apply(model))
         set_train_mode(model, region)
         loss_of_batch = SegmentorLoss(model)
+        if name == BUDGET_VARIANT:
+            fit_budget(region, model, loss_of_batch, batches[:region.budget_batches])
+            entry['explained_variance'] = dict(region.budget_choice)
         torch.manual_seed(seed)
         with CheckpointProbe(model.backbone) if with_cp else contextlib.nullcontext() as probe:
             memory = measure_steps(model, batches, loss_of_batch, layer_paths, device)
@@ -428,7 +440,14 @@ def subspace_lines(results: Sequence[dict]) -> List[str]:
         line = f'{name} step time {_span(ratios)} vanilla, {_span(exact)} exact HOSVD\'s'
         if target:
             line += f' (target <= {target}x vanilla: met on {met} of {len(runs)} models)'
-        lines.append(line + f'; its region {_span(region)} exact HOSVD\'s.')
+        line += f'; its region {_span(region)} exact HOSVD\'s'
+        budgets = [r['variants'][name].get('hook', {}).get('memory_budget_mib') for r in runs]
+        if all(budgets):
+            kept = [r['variants'][name]['estimate_peak_bytes'] / 2**20 for r in runs]
+            within = sum(k <= b for k, b in zip(kept, budgets))
+            line += (f'; its convs kept {_span(kept, 3, " MiB")} at most against budgets of {_span(budgets, 3, " MiB")}'
+                     f' (within on {within} of {len(runs)} models)')
+        lines.append(line + '.')
     return lines
 
 

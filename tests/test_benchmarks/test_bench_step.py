@@ -142,3 +142,7 @@ def test_subspace_lines_give_each_variants_ratios_and_the_warm_target():
         "of 2 models); its region 1.00-1.10x exact HOSVD's.",
         "hosvd-frozen step time 0.80x vanilla, 0.67x exact HOSVD's; its region 0.75x exact HOSVD's."]
     assert bench_step.subspace_lines([{'variants': {'vanilla': variant(1, 1), 'hosvd': variant(1, 1)}}]) == []
+    budget = dict(variant(13.0, 40), hook={'memory_budget_mib': 2.0}, estimate_peak_bytes=1.5 * 2**20)
+    line, = bench_step.subspace_lines([{'variants': {'vanilla': variant(10.0, 1000), 'hosvd': variant(12.0, 40),
+                                                     'hosvd-budget': budget}}])
+    assert line.endswith("its convs kept 1.500 MiB at most against budgets of 2.000 MiB (within on 1 of 1 models).")
