@@ -27,12 +27,12 @@ from torch.nn.grad import conv2d_weight
 
 from mmseg_actcomp.compression import METHODS, SubspaceEstimate, compress, single_cpu_thread, unfold
 from mmseg_actcomp.ops import conv2d_weight_from_tucker
+from mmseg_actcomp.ops.conv import SUBSPACE_MODES
 
 #: issue 14's target: compress + weight gradient at least this many times faster than the reference
 MIN_SPEED_UP = 50.0
 #: HOSVD's variants: how the channel and spatial bases are found (the batch mode is decomposed in all)
 SUBSPACE_VARIANTS = ('exact', 'warm', 'frozen')
-SUBSPACE_MODES = (1, 2, 3)
 
 # Two convolutions of DeepLabV3-R18-d8 on 512x512 crops, batch 8 (features at 1/8 resolution: 64x64).
 # Each entry: input shape (B, C, H, W), weight shape (O, C, kH, kW), stride, padding, dilation.

@@ -184,6 +184,20 @@ def _eigh_descending(gram: Tensor, device: torch.device) -> Tuple[Tensor, Tensor
     return eigenvalues, vectors, size * torch.finfo(gram.dtype).eps
 
 
+def _rayleigh_ritz(projected: Tensor, total: Tensor, device: torch.device) -> Tuple[Tensor, Tensor, float]:
+    r"""Ritz pairs of ``projected = Q^T A Q: (p, p)`` (``Q`` orthonormal, ``A`` a PSD Gram of trace ``total``).
+
+    Returns:
+        ``(values, vectors, rtol)``: ``values (p + 1,)`` float64, the Ritz values descending (clamped at 0),
+        then the energy they leave out of ``total`` as one last pseudo-component, so that a rank chosen on
+        them counts the whole trace and is at most ``p``; ``vectors (p, p)`` in ``Q``'s coordinates (the
+        Ritz vectors are ``Q @ vectors``); ``rtol`` the rounding floor of the small eigenproblem.
+    """
+    ritz_values, vectors, rtol = _eigh_descending((projected + projected.mT) / 2, device)
+    ritz_values = ritz_values.double().clamp(min=0)
+    return torch.cat([ritz_values, (total - ritz_values.sum()).clamp(min=0)[None]]), vectors, rtol
+
+
 def _leading_eigh(gram: Tensor, explained_variance: float,
                   device: torch.device) -> Tuple[Tensor, Tensor, float]:
     r"""As :func:`_eigh_descending`, but for ``eps < 1`` and a Gram ``(m, m)`` larger than
@@ -214,11 +228,8 @@ def _leading_eigh(gram: Tensor, explained_variance: float,
         q = torch.linalg.qr(gram @ torch.cat([ritz_vectors, sketch], dim=1)).Q
         for _ in range(_POWER_ITERATIONS):
             q = torch.linalg.qr(gram @ q).Q
-        projected = (q.mT @ gram @ q).double()
-        ritz_values, small, _ = _eigh_descending((projected + projected.mT) / 2, device)
-        ritz_values = ritz_values.clamp(min=0)
+        values, small, _ = _rayleigh_ritz((q.mT @ gram @ q).double(), total, device)
         ritz_vectors = q @ small.to(q.dtype)
-        values = torch.cat([ritz_values, (total - ritz_values.sum()).clamp(min=0)[None]])
         rtol = size * torch.finfo(gram.dtype).eps
         # the rank the sketch offers; width + 1 (the left-out energy) if it does not reach eps
         if rank_from_explained_variance(values, explained_variance, rtol) + _OVERSAMPLING <= width:
@@ -342,10 +353,7 @@ def warm_leading_vectors(x: Tensor, mode: int, explained_variance: float, previo
     while _subspace_iteration_cheaper(basis.shape[1], size):
         q = torch.linalg.qr(mode_cross(x, mode_product(x, basis.mT, mode), mode)).Q  # (I_n, r)
         projected = mode_gram(mode_product(x, q.mT, mode), mode)  # Q^T X_(n) X_(n)^T Q: (r, r)
-        ritz_values, vectors, rtol = _eigh_descending((projected + projected.mT) / 2, x.device)
-        ritz_values = ritz_values.double().clamp(min=0)
-        # the energy Q leaves out, as one last pseudo-component: the rank is then over all of ||X||^2
-        values = torch.cat([ritz_values, (total - ritz_values.sum()).clamp(min=0)[None]])
+        values, vectors, rtol = _rayleigh_ritz(projected, total, x.device)
         rank = rank_from_explained_variance(values, explained_variance, rtol)
         if rank <= q.shape[1]:
             return (q @ vectors[:, :rank].to(q.dtype)).contiguous()

@@ -184,15 +184,13 @@ class CompressedConv2d(nn.Conv2d):
 
     def _fixed_bases(self, x: Tensor) -> Optional[Dict[int, Tensor]]:
         """The frozen bases that fit ``x``'s modes (``'frozen'``, once estimated), else None."""
-        if self.frozen_bases is None:
-            return None
-        return {n: u.to(x.device) for n, u in self.frozen_bases.items() if u.shape[0] == x.shape[n]} or None
+        return _fitting(self.frozen_bases, x)
 
     def _warm_start(self, x: Tensor) -> Optional[Dict[int, Tensor]]:
         """``'warm'``: the last step's bases that fit ``x``'s modes, or None on a refresh step."""
-        if self.subspace != 'warm' or self.warm_bases is None or self.warm_steps >= self.subspace_batches:
+        if self.subspace != 'warm' or self.warm_steps >= self.subspace_batches:
             return None
-        return {n: u.to(x.device) for n, u in self.warm_bases.items() if u.shape[0] == x.shape[n]} or None
+        return _fitting(self.warm_bases, x)
 
     def _keep_warm(self, tucker: Tucker, warm: Optional[Dict[int, Tensor]]) -> None:
         """``'warm'``: keep this step's channel and spatial factors for the next step."""
@@ -257,6 +255,14 @@ class CompressedConv2d(nn.Conv2d):
             self.last_kept_bytes, self.last_kept_energy = tucker.nbytes, x.new_ones((), dtype=torch.float32)
         return compressed_conv2d(x, weight, bias, tucker, self.stride, padding, self.dilation,
                                  self.groups)
+
+
+def _fitting(bases: Optional[Dict[int, Tensor]], x: Tensor) -> Optional[Dict[int, Tensor]]:
+    """The entries ``mode -> (I_n, r)`` of ``bases`` whose size fits mode ``n`` of ``x``, on ``x``'s device;
+    None if there are none (or no ``bases``): a mode whose size changed is decomposed exactly."""
+    if bases is None:
+        return None
+    return {n: u.to(x.device) for n, u in bases.items() if u.shape[0] == x.shape[n]} or None
 
 
 def no_smaller(tucker: Tucker, x: Tensor) -> bool:
