@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..compression import (METHODS, DecompositionError, SubspaceEstimate, Tucker, compress, multi_mode_product,
                            validate_explained_variance)
+from ..utils.validate import require_integer
 from .functional import autocast_conv_args, compressed_conv2d
 from .lean import conv_twin, frozen_weight_conv2d
 
@@ -285,8 +286,7 @@ def validate_subspace(method: str, subspace: str, subspace_batches: int) -> None
     if subspace != 'exact' and method != 'hosvd':
         raise ValueError(f"subspace={subspace!r} needs method='hosvd' ({method!r} truncates only the batch "
                          'mode, whose samples change every step)')
-    if isinstance(subspace_batches, bool) or not isinstance(subspace_batches, int) or subspace_batches < 1:
-        raise ValueError(f'subspace_batches={subspace_batches!r} must be an integer >= 1')
+    require_integer('subspace_batches', subspace_batches, 1)
 
 
 class SVDConv2d(CompressedConv2d):

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..utils.validate import require_integer
+
 
 @contextlib.contextmanager
 def preserved_rng() -> Iterator[None]:
@@ -58,8 +60,7 @@ def precise_norm_stats(model: nn.Module, norms: Sequence[_BatchNorm], batches: I
         ValueError: ``num_batches < 1``, a BN without running statistics, or ``batches`` ran out first
             (the statistics are then left as they were).
     """
-    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
-        raise ValueError(f'precise_norm_stats: num_batches={num_batches!r} must be an integer >= 1')
+    require_integer('precise_norm_stats: num_batches', num_batches, 1)
     untracked = [type(n).__name__ for n in norms if not n.track_running_stats]
     if untracked:
         raise ValueError(f'precise_norm_stats: {untracked} keep no running statistics to re-estimate')

@@ -15,6 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..compression import METHODS, QUANTIZATION_BITS, validate_bits, validate_explained_variance
 from ..utils.table import align
+from ..utils.validate import require_integer
 from .budget import MIB, Cost, budget_table, calibration_costs, choose_explained_variance, unchanged
 from .convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all_but, select_last, swap_convs,
                       trace_conv_order)
@@ -67,9 +68,8 @@ class FineTuneRegion:
         if (num_layers is None) == (layers is None):
             raise ValueError('give exactly one of num_layers=N and layers=[paths], got '
                              f'num_layers={num_layers!r}, layers={layers!r}')
-        if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, int)
-                                       or num_layers < 1):
-            raise ValueError(f'num_layers={num_layers!r} must be an integer >= 1')
+        if num_layers is not None:
+            require_integer('num_layers', num_layers, 1)
         if layers is not None and (isinstance(layers, str) or not layers
                                    or not all(isinstance(p, str) for p in layers)):
             raise ValueError(f'layers={layers!r} must be a non-empty list of module paths (str)')
@@ -77,9 +77,7 @@ class FineTuneRegion:
             raise ValueError(f'layers={list(layers)!r} names a layer twice')
         if not isinstance(center, bool):
             raise ValueError(f'center={center!r} must be True or False')
-        if isinstance(precise_norm_batches, bool) or not isinstance(precise_norm_batches, int) \
-                or precise_norm_batches < 0:
-            raise ValueError(f'precise_norm_batches={precise_norm_batches!r} must be an integer >= 0')
+        require_integer('precise_norm_batches', precise_norm_batches, 0)
         if norm_input_bits is not None:
             try:
                 validate_bits(norm_input_bits)
@@ -271,8 +269,7 @@ def validate_budget(method: str, memory_budget_mib: Optional[float], budget_batc
         if method not in METHODS:
             raise ValueError(f'memory_budget_mib={memory_budget_mib!r} chooses explained_variance per layer: it '
                              f"needs method='svd' or 'hosvd', not {method!r}")
-    if isinstance(budget_batches, bool) or not isinstance(budget_batches, int) or budget_batches < 1:
-        raise ValueError(f'budget_batches={budget_batches!r} must be an integer >= 1')
+    require_integer('budget_batches', budget_batches, 1)
 
 
 def trace_inference_convs(model: nn.Module) -> List[str]:
