@@ -28,7 +28,7 @@ from ..compression import DecompositionError, Tucker
 from ..utils.table import align
 from .conv import CompressedConv2d, no_smaller
 from .functional import autocast_conv_args, conv2d_weight_from_tucker
-from .precise_bn import preserved_rng
+from .precise_bn import preserved_rng, preserved_training_modes
 
 #: the thresholds a budget chooses from, per layer
 EXPLAINED_VARIANCE_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -198,10 +198,9 @@ def unchanged(model: nn.Module) -> Iterator[None]:
     a training pass inside (calibration) leaves no trace on the model nor on the data that follows."""
     buffers = [(b, b.clone()) for b in model.buffers()]
     grads = [(p, p.grad) for p in model.parameters()]
-    modes = [(m, m.training) for m in model.modules()]
     model.zero_grad(set_to_none=True)
     try:
-        with preserved_rng():
+        with preserved_rng(), preserved_training_modes(model):
             yield
     finally:
         with torch.no_grad():
@@ -209,8 +208,6 @@ def unchanged(model: nn.Module) -> Iterator[None]:
                 buffer.copy_(saved)
         for p, grad in grads:
             p.grad = grad
-        for m, training in modes:
-            m.training = training
 
 
 def choose_explained_variance(costs: Mapping[str, Sequence[Cost]], budget_bytes: float) -> Dict[str, float]:

@@ -35,6 +35,18 @@ def preserved_rng() -> Iterator[None]:
             np.random.set_state(np_state)
 
 
+@contextlib.contextmanager
+def preserved_training_modes(model: nn.Module) -> Iterator[None]:
+    """Restore the ``training`` flag of every module of ``model`` on exit (``model.eval()`` or ``train()``
+    inside switch them all)."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
 @torch.no_grad()
 def precise_norm_stats(model: nn.Module, norms: Sequence[_BatchNorm], batches: Iterable,
                        forward: Callable[[object], object], num_batches: int) -> int:
@@ -64,12 +76,11 @@ def precise_norm_stats(model: nn.Module, norms: Sequence[_BatchNorm], batches: I
     untracked = [type(n).__name__ for n in norms if not n.track_running_stats]
     if untracked:
         raise ValueError(f'precise_norm_stats: {untracked} keep no running statistics to re-estimate')
-    modes = {m: m.training for m in model.modules()}
     saved = [(n.momentum, n.running_mean.clone(), n.running_var.clone(), n.num_batches_tracked.clone())
              for n in norms]
     seen = 0
     try:
-        with preserved_rng():
+        with preserved_rng(), preserved_training_modes(model):
             model.eval()
             for norm in norms:
                 norm.reset_running_stats()
@@ -90,6 +101,4 @@ def precise_norm_stats(model: nn.Module, norms: Sequence[_BatchNorm], batches: I
     finally:
         for norm, (momentum, *_) in zip(norms, saved):
             norm.momentum = momentum
-        for module, training in modes.items():
-            module.training = training
     return seen

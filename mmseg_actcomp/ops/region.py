@@ -21,6 +21,7 @@ from .convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all
                       trace_conv_order)
 from .conv import CompressedConv2d, validate_subspace
 from .lean import LeanBatchNorm2d, make_lean
+from .precise_bn import preserved_training_modes
 
 
 def parent_path(path: str) -> str:
@@ -286,10 +287,9 @@ def trace_inference_convs(model: nn.Module) -> List[str]:
     if full != capped:
         attempts += [(full, 'tensor'), (full, 'predict')]
     param = next(model.parameters())
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     errors = []
-    try:
+    with preserved_training_modes(model):
+        model.eval()
         for size, mode in attempts:
             image = torch.zeros(1, 3, *size, device=param.device, dtype=param.dtype)
             try:
@@ -297,9 +297,6 @@ def trace_inference_convs(model: nn.Module) -> List[str]:
                     return trace_conv_order(model, lambda: model(image, None, mode=mode))
             except (RuntimeError, TypeError, ValueError, IndexError) as e:
                 errors.append(f"mode='{mode}' at {size[0]}x{size[1]}: {type(e).__name__}: {e}")
-    finally:
-        for m, training in modes.items():
-            m.training = training
     raise ValueError('cannot trace the convolutions of the inference forward to choose num_layers (give '
                      'layers=[...] instead): ' + '; '.join(errors))
 
