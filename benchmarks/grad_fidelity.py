@@ -77,11 +77,11 @@ def approximations(x, eps, method):
             'centred': (mu + reconstruct(centred), centred.ranks, centred.nbytes + mu.numel() * mu.element_size())}
 
 
-def measure(checkpoint, batches=3, eps_values=(0.7, 0.8, 0.9), methods=('hosvd', 'svd')):
-    """Rows ``{layer, method, eps, variant, cos, norm_ratio, energy, ranks, kib}``, each the mean over
-    batches (ranks: the largest)."""
+def measure(captured, eps_values=(0.7, 0.8, 0.9), methods=('hosvd', 'svd')):
+    """Rows ``{layer, method, eps, variant, cos, norm_ratio, energy, ranks, kib}``, each the mean over the
+    batches of ``captured`` (:func:`captured_batches`; ranks: the largest)."""
     figures = {}
-    for convs, inputs in _captured_batches(checkpoint, batches):
+    for convs, inputs in captured:
         for path, conv in convs.items():
             x, dy = inputs[path]
             exact = weight_gradient(conv, x, dy).flatten()
@@ -105,21 +105,20 @@ def measure(checkpoint, batches=3, eps_values=(0.7, 0.8, 0.9), methods=('hosvd',
 SUBSPACES, SUBSPACE_EPS, ESTIMATE_BATCHES = ('exact', 'warm', 'frozen'), 0.8, 2
 
 
-def measure_subspaces(checkpoint, batches=5):
+def measure_subspaces(captured):
     """Rows ``{layer, subspace, cos, norm_ratio, energy, ranks}`` for HOSVD eps :data:`SUBSPACE_EPS`: each
-    layer's twin :class:`~mmseg_actcomp.ops.HOSVDConv2d` per subspace option fed the layer's inputs of
-    ``batches`` consecutive batches; figures the mean over the batches after the first
-    :data:`ESTIMATE_BATCHES` (ranks: the largest), ``energy`` the layer's ``last_kept_energy``."""
+    layer's twin :class:`~mmseg_actcomp.ops.HOSVDConv2d` per subspace option fed the layer's inputs of the
+    consecutive batches of ``captured`` (:func:`captured_batches`); figures the mean over the batches after
+    the first :data:`ESTIMATE_BATCHES` (ranks: the largest), ``energy`` the layer's ``last_kept_energy``."""
     from mmseg_actcomp.ops import HOSVDConv2d
-    seen = list(_captured_batches(checkpoint, batches))
     rows = []
-    for path, conv in seen[0][0].items():
+    for path, conv in captured[0][0].items():
         for subspace in SUBSPACES:
             twin = HOSVDConv2d.from_conv(conv, SUBSPACE_EPS, center=True, subspace=subspace,
                                          subspace_batches=ESTIMATE_BATCHES if subspace == 'frozen' else 8)
             twin.train()
             cells = []
-            for index, (_, inputs) in enumerate(seen):
+            for index, (_, inputs) in enumerate(captured):
                 x, dy = inputs[path]
                 approx, = torch.autograd.grad(twin(x), twin.weight, dy)
                 if index >= ESTIMATE_BATCHES:
@@ -134,8 +133,9 @@ def measure_subspaces(checkpoint, batches=5):
     return rows
 
 
-def _captured_batches(checkpoint, batches):
-    """``(convs, {path: (x, dy)})`` per training batch, the network run vanilla from ``checkpoint``."""
+def captured_batches(checkpoint, batches):
+    """``[(convs, {path: (x, dy)}), ...]`` per training batch, the first ``batches`` of them, the network
+    run vanilla from ``checkpoint``."""
     from mmseg_actcomp.apis.segmentor import (SegmentorLoss, apply_compression_hook, build_segmentor,
                                               load_config, set_train_mode, train_batches)
     cfg = load_config(osp.join(REPO, CONFIG))
@@ -145,11 +145,13 @@ def _captured_batches(checkpoint, batches):
     set_train_mode(model, region)
     loss_of = SegmentorLoss(model)
     convs = {p: model.get_submodule(p) for p in paths}
+    captured = []
     for batch in data:
         with InputAndGradient(convs) as probe:
             loss_of(batch).backward()
         model.zero_grad(set_to_none=True)
-        yield convs, {p: (probe.seen[p]['x'], probe.seen[p]['dy']) for p in paths}
+        captured.append((convs, {p: (probe.seen[p]['x'], probe.seen[p]['dy']) for p in paths}))
+    return captured
 
 
 def subspace_section(rows, batches):
@@ -237,9 +239,11 @@ def main(argv=None):
             sys.exit(f'no checkpoint at {checkpoint}: run python benchmarks/finetune.py first (it writes '
                      'the default ones), or give --checkpoints')
     start = time.time()
-    results = [(c, measure(osp.join(REPO, c), args.batches, tuple(args.eps)),
-                measure_subspaces(osp.join(REPO, c), args.subspace_batches), args.subspace_batches)
-               for c in args.checkpoints]
+    results = []
+    for checkpoint in args.checkpoints:  # one vanilla pass per batch, shared by both sections
+        captured = captured_batches(osp.join(REPO, checkpoint), max(args.batches, args.subspace_batches))
+        results.append((checkpoint, measure(captured[:args.batches], tuple(args.eps)),
+                        measure_subspaces(captured[:args.subspace_batches]), args.subspace_batches))
     command = 'python benchmarks/grad_fidelity.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     text = markdown(results, command.strip(), time.time() - start)
     print(text)
