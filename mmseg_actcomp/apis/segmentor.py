@@ -11,9 +11,11 @@ import contextlib
 import copy
 import logging
 import os.path as osp
+import random
 from itertools import islice
 from typing import Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger, print_log
@@ -201,9 +203,26 @@ def set_train_mode(model: nn.Module, region: Optional[FineTuneRegion]) -> None:
         region.set_norms_eval()
 
 
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int):
+    """Python's, numpy's and torch's global random generators seeded with ``seed`` inside the block and
+    restored after it, so that what draws from them inside (mmcv's random transforms use numpy's) does
+    the same on every call, and the caller's random streams go on as if the block had not run."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng():
+        set_random_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
 def train_batches(cfg: Config, num_batches: int, seed: int = 0) -> List[dict]:
-    """The first ``num_batches`` batches of the config's train dataloader (fewer if it has fewer)."""
-    with explained_errors('train_dataloader'):
+    """The first ``num_batches`` batches of the config's train dataloader (fewer if it has fewer): the
+    same batches, augmentation included, on every call with the same ``seed`` (the random transforms draw
+    from the global generators, seeded here: :func:`seeded_global_rngs`)."""
+    with explained_errors('train_dataloader'), seeded_global_rngs(seed):
         check_datasets(cfg, ('train_dataloader',))
         loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
         batches = list(islice(iter(loader), num_batches))

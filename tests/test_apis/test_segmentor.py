@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import REPO
+from conftest import REPO, SAMPLE_CONFIG
 from mmseg_actcomp.apis.segmentor import MeasureError, load_weights
 
 
@@ -68,3 +68,34 @@ def test_measure_config_fits_the_hooks_budget_first_and_reports_it(sample_worksp
                                            r'cannot be met: .* raise memory_budget_mib to at least \d+\.\d{3}'):
         measure_config(BUDGET_CONFIG, num_batches=1, progress=False,
                        cfg_options=dict(options, **{'custom_hooks.0.memory_budget_mib': 0.001}))
+
+
+def test_train_batches_are_the_same_batches_on_every_call_with_the_same_seed(sample_workspace, monkeypatch):
+    """Benchmarks that draw batches twice in one process (grad_fidelity) compare the same pixels: the random
+    augmentation is seeded too, and the caller's global random streams go on untouched."""
+    import random
+
+    import numpy as np
+    from mmengine.config import Config
+
+    from mmseg_actcomp.apis.segmentor import train_batches
+    monkeypatch.chdir(sample_workspace)
+    cfg = Config.fromfile(SAMPLE_CONFIG)
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    first, again, other = (train_batches(cfg, 2, seed) for seed in (0, 0, 1))
+    for a, b in zip(first, again):
+        assert all(torch.equal(x, y) for x, y in zip(a['inputs'], b['inputs']))
+        assert all(torch.equal(x.gt_sem_seg.data, y.gt_sem_seg.data)
+                   for x, y in zip(a['data_samples'], b['data_samples']))
+    assert not all(torch.equal(x, y) for x, y in zip(first[0]['inputs'], other[0]['inputs']))
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    expected = (np.random.rand(), random.random(), torch.rand(()))
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    train_batches(cfg, 1, 0)
+    assert (np.random.rand(), random.random(), torch.rand(())) == expected
