@@ -117,8 +117,7 @@ class FineTuneRegion:
             for path in self.layers:
                 check_conv_path(model, path)
             return list(self.layers)
-        trainable = [p for p in trace_inference_convs(model) if model.get_submodule(p).weight.requires_grad]
-        return select_last(trainable, self.num_layers)
+        return select_last(trainable_inference_convs(model), self.num_layers)
 
     def apply(self, model: nn.Module) -> List[str]:
         """Choose, swap, make lean and freeze, in place, on a bare (unwrapped) segmentor. Idempotent.
@@ -299,6 +298,12 @@ def trace_inference_convs(model: nn.Module) -> List[str]:
                 errors.append(f"mode='{mode}' at {size[0]}x{size[1]}: {type(e).__name__}: {e}")
     raise ValueError('cannot trace the convolutions of the inference forward to choose num_layers (give '
                      'layers=[...] instead): ' + '; '.join(errors))
+
+
+def trainable_inference_convs(model: nn.Module) -> List[str]:
+    """What ``num_layers`` counts back from: :func:`trace_inference_convs` less the convs the model freezes
+    itself (EMANet's bases). Its length is the ``num_layers`` that fine-tunes every conv."""
+    return [p for p in trace_inference_convs(model) if model.get_submodule(p).weight.requires_grad]
 
 
 def convmodule_norms(model: nn.Module, paths: Sequence[str]) -> List[nn.Module]:
