@@ -2,7 +2,8 @@
 reconstruction and storage size."""
 from .decompose import (METHODS, DecompositionError, NonFiniteActivationError, Tucker, add_channel_mean,
                         SubspaceEstimate, compress, hosvd,
-                        leading_singular_vectors, reconstruct, single_cpu_thread, svd, warm_leading_vectors)
+                        leading_singular_vectors, reconstruct, single_cpu_thread, svd, truncated_modes,
+                        warm_leading_vectors)
 from .quantize import (QUANTIZATION_BITS, Quantized, dequantize, pack_codes, quantize, unpack_codes,
                        validate_bits)
 from .rank import rank_from_explained_variance, validate_explained_variance
@@ -11,7 +12,7 @@ from .tensor_ops import autocast_disabled, mode_cross, mode_gram, mode_product, 
 
 __all__ = [
     'METHODS', 'DecompositionError', 'NonFiniteActivationError', 'Tucker', 'add_channel_mean', 'SubspaceEstimate',
-    'compress', 'hosvd',
+    'compress', 'hosvd', 'truncated_modes',
     'leading_singular_vectors', 'warm_leading_vectors', 'mode_cross',
     'reconstruct', 'svd', 'rank_from_explained_variance', 'validate_explained_variance', 'storage_bytes',
     'storage_elements', 'svd_storage_elements', 'tucker_storage_elements', 'mode_gram', 'mode_product',

@@ -27,6 +27,28 @@ from .tensor_ops import autocast_disabled, mode_cross, mode_gram, mode_product, 
 
 #: The modes each method truncates, for a ``(B, C, H, W)`` activation.
 METHODS = {'svd': (0,), 'hosvd': (0, 1, 2, 3)}
+#: the batch mode of a ``(B, C, H, W)`` activation: its samples
+BATCH_MODE = 0
+
+
+def truncated_modes(method: str, truncate_batch: bool = True) -> Tuple[int, ...]:
+    """The modes ``method`` truncates: ``METHODS[method]``, less the batch mode unless ``truncate_batch``.
+
+    Truncating the batch mode mixes the samples of a batch: each keeps only its coordinates on the leading
+    batch components. Left whole, every sample keeps its own coordinates in the shared channel and spatial
+    bases (the core grows by ``B / r_1``), and the weight gradient keeps the samples' own correlations with
+    their output gradients (docs/grad_fidelity.md measures what each mode's truncation costs it).
+
+    Raises:
+        ValueError: ``method`` unknown, or SVD (whose one mode is the batch mode) without ``truncate_batch``.
+    """
+    if method not in METHODS:
+        raise ValueError(f'method={method!r} is not one of {sorted(METHODS)}')
+    modes = tuple(n for n in METHODS[method] if truncate_batch or n != BATCH_MODE)
+    if not modes:
+        raise ValueError(f"method={method!r} truncates only the batch mode: truncate_batch=False leaves it "
+                         "nothing to truncate (use method='hosvd')")
+    return modes
 
 # Spectral problems up to this size are solved in float64: next to forming the Gram from a whole
 # activation that costs little (a 512 eigh: 0.04 s against 0.02 s in float32, one thread), and it keeps

@@ -112,6 +112,12 @@ class ActivationCompressionHook(Hook):
             The choice is logged; a budget below the layers' cheapest bytes fails at start, saying the
             minimum. Only for 'svd'/'hosvd'. None (default) keeps ``explained_variance`` everywhere.
         budget_batches (int): ``>= 1`` calibration batches for ``memory_budget_mib``. Defaults to 2.
+        truncate_batch (bool): HOSVD also truncates the batch mode of each input, as the paper's HOSVD
+            does: the samples of a batch are then mixed, each keeping only its coordinates on the leading
+            batch components, which loses more of the weight gradient than any other mode for the fewest
+            bytes (docs/grad_fidelity.md, docs/finetune.md). False keeps the batch mode whole: every sample
+            keeps its own coordinates in the truncated channel and spatial bases. SVD truncates only the
+            batch mode and ignores this key. Defaults to False.
     """
 
     priority = 'VERY_HIGH'  # the model must be final before other hooks (EMA, ...) see it in before_run
@@ -122,7 +128,8 @@ class ActivationCompressionHook(Hook):
                  freeze_region_norm_stats: bool = False, require_load_from: bool = False,
                  center: bool = True, precise_norm_batches: int = 0,
                  norm_input_bits: Optional[int] = 4, subspace: str = 'exact', subspace_batches: int = 8,
-                 memory_budget_mib: Optional[float] = None, budget_batches: int = 2) -> None:
+                 memory_budget_mib: Optional[float] = None, budget_batches: int = 2,
+                 truncate_batch: bool = False) -> None:
         try:
             self.region = FineTuneRegion(
                 method=method, explained_variance=explained_variance, num_layers=num_layers, layers=layers,
@@ -130,7 +137,7 @@ class ActivationCompressionHook(Hook):
                 freeze_region_norm_stats=freeze_region_norm_stats, precise_norm_batches=precise_norm_batches,
                 norm_input_bits=norm_input_bits, center=center, subspace=subspace,
                 subspace_batches=subspace_batches, memory_budget_mib=memory_budget_mib,
-                budget_batches=budget_batches)
+                budget_batches=budget_batches, truncate_batch=truncate_batch)
         except ValueError as e:
             raise HookConfigError(f'ActivationCompressionHook: {e}') from None
         self.require_load_from = bool(require_load_from)

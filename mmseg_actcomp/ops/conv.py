@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..compression import (METHODS, DecompositionError, SubspaceEstimate, Tucker, compress, multi_mode_product,
-                           validate_explained_variance)
+                           truncated_modes, validate_explained_variance)
 from ..utils.validate import require_integer
 from .functional import autocast_conv_args, compressed_conv2d
 from .lean import conv_twin, frozen_weight_conv2d
@@ -43,7 +43,7 @@ class CompressedConv2d(nn.Conv2d):
     input whole for that step, as ``nn.Conv2d`` does, and warns once naming ``layer_name``: training goes on.
 
     Attributes set by each compressing forward (None before the first):
-        last_ranks: ``(k,)`` for SVD, ``(r1, r2, r3, r4)`` for HOSVD.
+        last_ranks: ``(k,)`` for SVD, ``(r1, r2, r3, r4)`` for HOSVD (a mode kept whole: its size).
         last_input_shape: ``(B, C, H, W)`` of the compressed input (padded, if padded explicitly).
         last_kept_bytes: bytes of the stored core and factors, or of the input where the decomposition
             would be no smaller (ranks full on a small input): the input is then kept, as ``nn.Conv2d``
@@ -72,6 +72,11 @@ class CompressedConv2d(nn.Conv2d):
             size changes is decomposed exactly for that step. The batch mode (new samples every step)
             stays exact in both.
         subspace_batches: ``M >= 1``: ``'frozen'``'s estimation batches, ``'warm'``'s refresh period.
+        truncate_batch: truncate the batch mode as well (HOSVD): True is the paper's decomposition and these
+            layers' default; False keeps the batch mode whole, every sample keeping its own coordinates in
+            the truncated channel and spatial bases (see
+            :func:`~mmseg_actcomp.compression.truncated_modes`; the hook's default). SVD truncates only the
+            batch mode, so it needs True.
 
     Other attributes:
         layer_name: names the layer in errors; the class name unless whoever builds or swaps layers in
@@ -85,11 +90,16 @@ class CompressedConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = 'zeros',
                  device=None, dtype=None, explained_variance: float = 0.8, center: bool = True,
-                 subspace: str = 'exact', subspace_batches: int = 8) -> None:
+                 subspace: str = 'exact', subspace_batches: int = 8, truncate_batch: bool = True) -> None:
         if self.method not in METHODS:
             raise TypeError(f'{type(self).__name__}.method must be one of {sorted(METHODS)}, '
                             f'got {self.method!r}; use SVDConv2d or HOSVDConv2d')
         validate_subspace(self.method, subspace, subspace_batches)
+        if not isinstance(truncate_batch, bool):
+            raise ValueError(f'truncate_batch={truncate_batch!r} must be True or False')
+        #: the modes the decomposition truncates (ranks are reported for all of the method's modes)
+        self.modes = truncated_modes(self.method, truncate_batch)
+        self.truncate_batch = truncate_batch
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
         self.explained_variance = explained_variance
@@ -119,15 +129,17 @@ class CompressedConv2d(nn.Conv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, explained_variance: float = 0.8, center: bool = True,
-                  subspace: str = 'exact', subspace_batches: int = 8) -> 'CompressedConv2d':
+                  subspace: str = 'exact', subspace_batches: int = 8,
+                  truncate_batch: bool = True) -> 'CompressedConv2d':
         """A layer with ``conv``'s hyper-parameters and training flag sharing its Parameter objects
         (``new.weight is conv.weight``), so optimizers and checkpoints see the same tensors."""
         return conv_twin(cls, conv, explained_variance=explained_variance, center=center, subspace=subspace,
-                         subspace_batches=subspace_batches)
+                         subspace_batches=subspace_batches, truncate_batch=truncate_batch)
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, explained_variance={self.explained_variance}, center={self.center}'
-                + (f', subspace={self.subspace!r}' if self.subspace != 'exact' else ''))
+                + (f', subspace={self.subspace!r}' if self.subspace != 'exact' else '')
+                + ('' if self.truncate_batch else ', truncate_batch=False'))
 
     def _compresses(self, x: Tensor) -> bool:
         """Whether this forward needs the weight gradient, hence a kept copy of ``x``."""
@@ -152,7 +164,7 @@ class CompressedConv2d(nn.Conv2d):
         Raises:
             DecompositionError: no eigen-solver converged (the layer then keeps ``x`` whole).
         """
-        return compress(x, explained_variance, METHODS[self.method], name=self.layer_name, center=self.center,
+        return compress(x, explained_variance, self.modes, name=self.layer_name, center=self.center,
                         fixed=self._fixed_bases(x), warm=warm)
 
     def _explicit_padding(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
@@ -170,7 +182,8 @@ class CompressedConv2d(nn.Conv2d):
             self._warned_solver_failure = True
 
     def _record(self, tucker: Tucker, x: Tensor) -> None:
-        self.last_ranks = tucker.ranks
+        # one rank per mode of the method, a mode kept whole counting its size: (k,) SVD, (r1, ..) HOSVD
+        self.last_ranks = tuple(tucker.core.shape[n] for n in METHODS[self.method])
         self.last_input_shape = tuple(x.shape)
         self.last_kept_bytes = tucker.nbytes
         self.last_vanilla_bytes = x.numel() * x.element_size()

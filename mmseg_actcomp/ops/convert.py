@@ -57,12 +57,13 @@ def select_last(order: Sequence[str], num_layers: int) -> List[str]:
 
 def swap_convs(model: nn.Module, paths: Iterable[str], method: str,
                explained_variance: float, center: bool = True, subspace: str = 'exact',
-               subspace_batches: int = 8) -> Dict[str, nn.Conv2d]:
-    """Replace each conv at ``paths`` by the compressed type of ``method`` (``center``, ``subspace`` and
-    ``subspace_batches`` as in :class:`~mmseg_actcomp.ops.CompressedConv2d`), sharing its parameters.
+               subspace_batches: int = 8, truncate_batch: bool = True) -> Dict[str, nn.Conv2d]:
+    """Replace each conv at ``paths`` by the compressed type of ``method`` (``center``, ``subspace``,
+    ``subspace_batches`` and ``truncate_batch`` as in :class:`~mmseg_actcomp.ops.CompressedConv2d`), sharing
+    its parameters.
 
     Idempotent: a layer already of the wanted type only gets ``explained_variance`` and ``center``
-    updated (and keeps its subspace state).
+    updated (and keeps its subspace state); a different ``truncate_batch`` makes a new twin.
     Returns path -> the layer now in the model (plain ``nn.Conv2d`` for ``method='none'``).
     """
     if method not in CONV_TYPES:
@@ -74,11 +75,11 @@ def swap_convs(model: nn.Module, paths: Iterable[str], method: str,
         if new_type is None:
             swapped[path] = conv
             continue
-        if type(conv) is new_type:
+        if type(conv) is new_type and conv.truncate_batch == truncate_batch:
             conv.explained_variance = explained_variance
             conv.center = bool(center)
         else:
-            conv = new_type.from_conv(conv, explained_variance, center, subspace, subspace_batches)
+            conv = new_type.from_conv(conv, explained_variance, center, subspace, subspace_batches, truncate_batch)
             conv.layer_name = path
             model.set_submodule(path, conv)
         swapped[path] = conv

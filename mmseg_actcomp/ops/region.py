@@ -59,7 +59,7 @@ class FineTuneRegion:
                  freeze_region_norm_stats: bool = False, precise_norm_batches: int = 0,
                  norm_input_bits: Optional[int] = 4, center: bool = True, subspace: str = 'exact',
                  subspace_batches: int = 8, memory_budget_mib: Optional[float] = None,
-                 budget_batches: int = 2) -> None:
+                 budget_batches: int = 2, truncate_batch: bool = False) -> None:
         if method not in CONV_TYPES:
             raise ValueError(f'method={method!r} is not allowed; use one of {sorted(CONV_TYPES)}')
         try:
@@ -78,6 +78,10 @@ class FineTuneRegion:
             raise ValueError(f'layers={list(layers)!r} names a layer twice')
         if not isinstance(center, bool):
             raise ValueError(f'center={center!r} must be True or False')
+        if not isinstance(truncate_batch, bool):
+            raise ValueError(f'truncate_batch={truncate_batch!r} must be True or False')
+        # SVD's one mode is the batch mode: it always truncates it
+        self.truncate_batch = truncate_batch or method == 'svd'
         require_integer('precise_norm_batches', precise_norm_batches, 0)
         if norm_input_bits is not None:
             try:
@@ -124,7 +128,7 @@ class FineTuneRegion:
         Returns the chosen paths; call :meth:`set_norms_eval` after every ``model.train()``."""
         paths = self.choose(model)
         swap_convs(model, paths, self.method, self.explained_variance, self.center, self.subspace,
-                   self.subspace_batches)
+                   self.subspace_batches, self.truncate_batch)
         if self.lean_region:
             for root in sorted(set(region_modules(paths)) - set(paths)):
                 make_lean(model.get_submodule(root), self.explained_variance, self.method, self.norm_input_bits)
@@ -232,7 +236,8 @@ class FineTuneRegion:
                 f'{len(self.layer_paths)} layers, lean_region={self.lean_region}, '
                 f'freeze_region_norm_stats={self.freeze_region_norm_stats}, '
                 f'precise_norm_batches={self.precise_norm_batches}, '
-                f'norm_input_bits={self.norm_input_bits}, center={self.center}, subspace={self.subspace}, '
+                f'norm_input_bits={self.norm_input_bits}, center={self.center}, '
+                f'truncate_batch={self.truncate_batch}, subspace={self.subspace}, '
                 f'memory_budget_mib={self.memory_budget_mib}; '
                 f'{trainable}/{total} parameters trainable')
         norms = [('region BN', 'statistics', 'keeps for backward')]

@@ -117,6 +117,23 @@ def test_center_reaches_the_compressed_convs(deeplab):
     assert ActivationCompressionHook(method='none', num_layers=2, center=True).region.center is False
 
 
+def test_hosvd_keeps_the_batch_mode_whole_unless_told_and_svd_always_truncates_it(deeplab):
+    import copy
+    for kwargs, expected in ((dict(), False), (dict(truncate_batch=True), True),
+                             (dict(method='svd'), True), (dict(method='svd', truncate_batch=False), True)):
+        model = copy.deepcopy(deeplab)
+        hook = ActivationCompressionHook(num_layers=2, **kwargs)
+        hook.region.apply(model)
+        assert model.decode_head.conv_seg.truncate_batch is expected, kwargs
+        assert f'truncate_batch={expected}' in hook.region.summary(model)
+    # switching it on a swapped layer makes a new twin sharing the same parameters
+    model = copy.deepcopy(deeplab)
+    ActivationCompressionHook(num_layers=1).region.apply(model)
+    weight = model.decode_head.conv_seg.weight
+    ActivationCompressionHook(num_layers=1, truncate_batch=True).region.apply(model)
+    assert model.decode_head.conv_seg.truncate_batch and model.decode_head.conv_seg.weight is weight
+
+
 def test_summary_says_what_each_region_bn_normalises_with_and_keeps(deeplab):
     import copy
     cases = ((dict(), 'batch', 'its input in 4 bits per element (approximate gradients)'),
@@ -156,6 +173,7 @@ def test_method_none_keeps_plain_convs(deeplab):
     (dict(layers='decode_head.conv_seg'), 'must be a non-empty list of module paths'),
     (dict(layers=['a', 'a']), 'names a layer twice'),
     (dict(num_layers=2, center='yes'), "center='yes' must be True or False"),
+    (dict(num_layers=2, truncate_batch=None), 'truncate_batch=None must be True or False'),
     (dict(num_layers=2, precise_norm_batches=-1), 'precise_norm_batches=-1 must be an integer >= 0'),
     (dict(num_layers=2, precise_norm_batches=8), 'precise_norm_batches=8 re-estimates the statistics of BNs '
                                                  'that run on them: it needs freeze_region_norm_stats=True'),

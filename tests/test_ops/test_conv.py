@@ -139,6 +139,47 @@ def test_truncation_actually_changes_the_weight_gradient():
     assert not torch.allclose(grads(layer, x)[2], grads(conv, x)[2], rtol=1e-3)
 
 
+@pytest.mark.parametrize('case', [CONV_CASES['3x3'], CONV_CASES['depthwise'], CONV_CASES['stride2-nobias']],
+                         ids=['3x3', 'depthwise', 'stride2'])
+@pytest.mark.parametrize('center', [False, True], ids=['raw', 'centred'])
+def test_whole_batch_mode_truncates_channel_and_spatial_only(case, center):
+    """truncate_batch=False: no batch factor, the core keeps every sample, the weight gradient is the exact
+    one of that decomposition's reconstruction, which is no further from the input than the paper's."""
+    case = dict(case, in_channels=8, out_channels=8 if case.get('groups') == 4 else 6)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**case)
+    layer = HOSVDConv2d.from_conv(conv, 0.7, center=center, truncate_batch=False)
+    paper = HOSVDConv2d(8, 6, 1)
+    assert layer.modes == (1, 2, 3) and paper.modes == (0, 1, 2, 3) and 'truncate_batch=False' in repr(layer)
+    x = low_rank_activation((6, 8, 12, 10), seed=3)
+    (out, gx, gw, *_), saved = saved_tensors(lambda: grads(layer, x))
+    ref_gx = grads(conv, x)[1]
+    assert torch.equal(gx, ref_gx)
+    tucker = compress(x, 0.7, (1, 2, 3), center=center)
+    assert tucker.factors[0] is None
+    expected = conv2d_weight(reconstruct(tucker), conv.weight.shape,
+                             torch.randn_like(out, generator=torch.Generator().manual_seed(1)),
+                             conv.stride, conv.padding, conv.dilation, conv.groups)
+    torch.testing.assert_close(gw, expected, rtol=1e-4, atol=1e-5)
+    assert layer.last_ranks[0] == x.shape[0] and layer.last_ranks[1:] == tucker.ranks
+    assert layer.last_kept_bytes == tucker.nbytes == sum(
+        t.numel() * t.element_size() for t in non_parameter(saved, layer))
+    # the same channel and spatial projections, without the batch one: no larger an error than the paper's
+    paper_error = (reconstruct(compress(x, 0.7, paper.modes, center=center)) - x).norm()
+    assert (reconstruct(tucker) - x).norm() <= paper_error and paper_error > 0
+
+
+def test_svd_cannot_leave_its_only_mode_whole():
+    from mmseg_actcomp.compression import truncated_modes
+    assert truncated_modes('hosvd', False) == (1, 2, 3) and truncated_modes('svd') == (0,)
+    with pytest.raises(ValueError, match="truncates only the batch mode: truncate_batch=False leaves it nothing"):
+        SVDConv2d(4, 4, 1, truncate_batch=False)
+    with pytest.raises(ValueError, match="method='tucker' is not one of"):
+        truncated_modes('tucker')
+    with pytest.raises(ValueError, match="truncate_batch='no' must be True or False"):
+        HOSVDConv2d(4, 4, 1, truncate_batch='no')
+
+
 # --- robustness ---------------------------------------------------------------------------------------
 
 
