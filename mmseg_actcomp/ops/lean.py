@@ -478,6 +478,19 @@ def conv_twin(cls: type, conv: nn.Conv2d, **kwargs) -> nn.Conv2d:
     return twin.train(conv.training)
 
 
+def explicit_padding(conv: nn.Conv2d, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+    """``x: (B, C, H, W)`` padded as far as ``F.conv2d``'s symmetric zero padding cannot do what ``conv``'s
+    padding says (string padding resolved to an asymmetric ``'same'``, a non-zero ``padding_mode``: all
+    of it, with ``F.pad``, as ``nn.Conv2d`` pads for non-zero modes), and the zero padding
+    ``(pad_h, pad_w)`` left for the convolution. For a custom convolution that keeps something derived
+    from its (padded) input."""
+    w_left, w_right, h_top, h_bottom = conv._reversed_padding_repeated_twice
+    if conv.padding_mode == 'zeros' and w_left == w_right and h_top == h_bottom:
+        return x, (h_top, w_left)
+    mode = 'constant' if conv.padding_mode == 'zeros' else conv.padding_mode
+    return F.pad(x, conv._reversed_padding_repeated_twice, mode=mode), (0, 0)
+
+
 def frozen_weight_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """``conv(x)`` keeping only the weight for backward while ``conv.weight`` is frozen (exact input and
     bias gradients); ``nn.Conv2d.forward`` where that cannot help: a trainable weight, no gradient wanted,
