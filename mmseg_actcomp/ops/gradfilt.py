@@ -41,7 +41,7 @@ from ..compression import autocast_disabled
 from ..utils.validate import require_integer
 from .conv import register_layers
 from .functional import autocast_conv_args
-from .lean import conv_twin, explicit_padding, frozen_weight_conv2d
+from .lean import conv_twin, explicit_padding, frozen_weight_conv2d, validated_attribute
 
 Pair = Tuple[int, int]
 
@@ -287,13 +287,7 @@ class GradFilterConv2d(nn.Conv2d):
         self.last_kept_bytes: Optional[int] = None
         self.last_vanilla_bytes: Optional[int] = None
 
-    @property
-    def patch_size(self) -> int:
-        return self._patch_size
-
-    @patch_size.setter
-    def patch_size(self, value: int) -> None:
-        self._patch_size = validate_patch_size(value)
+    patch_size = validated_attribute('patch_size', validate_patch_size)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, patch_size: int = 2) -> 'GradFilterConv2d':

@@ -63,7 +63,7 @@ def _validate_input_bits(bits: Optional[int]) -> Optional[int]:
         raise ValueError(f'input_bits: {e} (or None to keep the input whole)') from None
 
 
-def _validated_attribute(name: str, validate: Callable) -> property:
+def validated_attribute(name: str, validate: Callable) -> property:
     """An attribute whose every assignment goes through ``validate`` (which returns the value to store)."""
     private = f'_{name}'
     return property(lambda self: getattr(self, private),
@@ -361,9 +361,9 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
         self.last_kept_bytes: Optional[int] = None
         self.last_vanilla_bytes: Optional[int] = None
 
-    explained_variance = _validated_attribute('explained_variance', validate_explained_variance)
-    method = _validated_attribute('method', _validate_method)
-    input_bits = _validated_attribute('input_bits', _validate_input_bits)
+    explained_variance = validated_attribute('explained_variance', validate_explained_variance)
+    method = validated_attribute('method', _validate_method)
+    input_bits = validated_attribute('input_bits', _validate_input_bits)
 
     @classmethod
     def from_bn(cls, bn: nn.BatchNorm2d, explained_variance: float = 0.8, method: str = 'hosvd',
