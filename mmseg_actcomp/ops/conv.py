@@ -269,16 +269,20 @@ def no_smaller(tucker: Tucker, x: Tensor) -> bool:
 #: samples every step)
 SUBSPACE_MODES = (1, 2, 3)
 SUBSPACES = ('exact', 'warm', 'frozen')
+#: why a method other than HOSVD has no subspace to carry over or fix
+NO_SUBSPACE = {'svd': 'truncates only the batch mode, whose samples change every step',
+               'gradfilt': 'keeps patch sums of its input, no decomposition'}
 
 
 def validate_subspace(method: str, subspace: str, subspace_batches: int) -> None:
-    """ValueError naming the value unless ``subspace`` is one of :data:`SUBSPACES` (``'frozen'`` for
-    HOSVD only: SVD truncates only the batch mode) and ``subspace_batches`` an integer >= 1."""
+    """ValueError naming the value unless ``subspace`` is one of :data:`SUBSPACES` (other than
+    ``'exact'`` for HOSVD only: SVD truncates only the batch mode, the gradient filter decomposes nothing)
+    and ``subspace_batches`` an integer >= 1."""
     if subspace not in SUBSPACES:
         raise ValueError(f'subspace={subspace!r} is not one of {list(SUBSPACES)}')
     if subspace != 'exact' and method != 'hosvd':
-        raise ValueError(f"subspace={subspace!r} needs method='hosvd' ({method!r} truncates only the batch "
-                         'mode, whose samples change every step)')
+        why = NO_SUBSPACE.get(method, 'has no subspace')
+        raise ValueError(f"subspace={subspace!r} needs method='hosvd' ({method!r} {why})")
     require_integer('subspace_batches', subspace_batches, 1)
 
 

@@ -298,3 +298,74 @@ def test_build_conv_layer_finds_it_from_any_scope():
         layer = build_conv_layer(dict(type='GradFilterConv2d', patch_size=4), 4, 6, 3, padding=1)
     assert type(layer) is GradFilterConv2d and layer.patch_size == 4 and layer.padding == (1, 1)
     assert type(build_conv_layer(dict(type='GradFilterConv2d'), 4, 6, 1)) is GradFilterConv2d
+
+
+# --- in a fine-tuned region ------------------------------------------------------------------------------
+
+
+def convmodule_stack():
+    """Two mmcv ConvModules (conv, BN with non-trivial running statistics, ReLU) and a 1x1 classifier."""
+    from mmcv.cnn import ConvModule
+    torch.manual_seed(0)
+    model = nn.Sequential(ConvModule(4, 8, 3, padding=1, norm_cfg=dict(type='BN')),
+                          ConvModule(8, 8, 3, stride=2, padding=2, dilation=2, norm_cfg=dict(type='BN')),
+                          nn.Conv2d(8, 3, 1))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for bn in (model[0].bn, model[1].bn):
+            bn.running_mean.copy_(torch.randn(8, generator=g) * 0.3)
+            bn.running_var.copy_(torch.rand(8, generator=g) + 0.5)
+            bn.weight.copy_(torch.rand(8, generator=g) + 0.5)
+    return model
+
+
+def test_a_region_of_gradient_filters_keeps_patch_sums_whole_x_hat_and_masks():
+    """FineTuneRegion(method='gradfilt') swaps the convs and makes their ConvModules lean: the forward is
+    the stock model's, the region keeps exactly the patch sums, each trainable-gamma BN's x_hat whole
+    and one packed mask per ReLU; gradients after the last filter are exact."""
+    from mmseg_actcomp.memory import measure_step
+    from mmseg_actcomp.ops import LeanBatchNorm2d, PackedMaskReLU
+    from mmseg_actcomp.ops.region import FineTuneRegion
+
+    stock = convmodule_stack()
+    model = copy.deepcopy(stock)
+    region = FineTuneRegion(method='gradfilt', patch_size=2, layers=['0.conv', '1.conv'],
+                            freeze_region_norm_stats=True)
+    paths = region.apply(model)
+    assert [type(model.get_submodule(p)) for p in paths] == [GradFilterConv2d] * 2
+    assert [type(m.bn) for m in model[:2]] == [LeanBatchNorm2d] * 2 and model[1].bn.method == 'none'
+    assert [type(m.activate) for m in model[:2]] == [PackedMaskReLU] * 2
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        '0.conv.weight', '0.bn.weight', '0.bn.bias', '1.conv.weight', '1.bn.weight', '1.bn.bias'}
+    model.train()
+    region.set_norms_eval()
+    stock.train()
+    for bn in (stock[0].bn, stock[1].bn):
+        bn.eval()
+    stock[2].requires_grad_(False)
+    x = torch.randn(2, 4, 13, 11)
+    assert torch.equal(model(x), stock(x))
+
+    step = measure_step(model, lambda: model(x).sum(), paths)
+    convs, norms = [model[0].conv, model[1].conv], [model[0].bn, model[1].bn]
+    masks = sum(math.ceil(2 * 8 * h * w / 8) for h, w in ((13, 11), (7, 6)))
+    assert [c.last_kept_bytes for c in convs] == [2 * 4 * 7 * 6 * 4, 2 * 8 * 4 * 3 * 4]
+    assert [n.last_kept_bytes for n in norms] == [n.last_vanilla_bytes for n in norms]  # x_hat whole
+    assert step.saved['region'] == sum(c.last_kept_bytes for c in convs) + sum(
+        n.last_kept_bytes for n in norms) + masks
+    assert set(step.saved['per_op']['region']) == {
+        'GradFilterConv2dFunctionBackward', 'RunningStatsBatchNormFunctionBackward',
+        'PackedMaskReLUFunctionBackward'}
+    assert step.layers['1.conv'].kept_bytes == convs[1].last_kept_bytes and step.layers['1.conv'].ranks is None
+    assert set(region.stats()) == {'kept_MiB', 'vanilla_MiB', 'kept_ratio'}
+
+    def trainable_grads(module):
+        module.zero_grad(set_to_none=True)
+        module(x).square().sum().backward()
+        return {n: p.grad for n, p in module.named_parameters() if p.requires_grad}
+
+    ours, exact = trainable_grads(model), trainable_grads(stock)
+    for name in ('1.bn.weight', '1.bn.bias'):  # after the last filter: exact
+        torch.testing.assert_close(ours[name], exact[name])
+    for name in ('0.conv.weight', '1.conv.weight', '0.bn.weight'):
+        assert torch.isfinite(ours[name]).all() and not torch.allclose(ours[name], exact[name])
