@@ -108,11 +108,10 @@ class ActivationCompressionHook(Hook):
             chosen so that every step meets ``explained_variance``) and decomposes exactly every
             ``subspace_batches``-th step; ``'frozen'`` (HOSVD) estimates each layer's channel and spatial
             bases from its first ``subspace_batches`` training batches and then only projects onto them
-            (no eigendecomposition). The batch mode stays exact. Only ``'exact'`` with ``'svd'`` and
-            ``'gradfilt'``. The bases go into checkpoints, so a
+            (no eigendecomposition). The batch mode stays exact. The bases go into checkpoints, so a
             resumed run continues from the same ones. Their effect on learning and speed: the
             ``hosvd-0.8-warm-subspace`` and ``hosvd-0.8-frozen-subspace`` rows of docs/finetune.md.
-            Defaults to ``'exact'``.
+            Only ``'exact'`` with ``'svd'`` and ``'gradfilt'``. Defaults to ``'exact'``.
         subspace_batches (int): ``M >= 1``: ``'frozen'``'s estimation batches, ``'warm'``'s refresh
             period. Defaults to 8.
         memory_budget_mib (float, optional): MiB for what the chosen convs keep of their inputs (their
