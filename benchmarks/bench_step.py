@@ -12,6 +12,9 @@ MobileNetV2) and deep-copied per variant, so every variant starts from the same 
    ``hosvd-frozen-bn``: the same with ``freeze_region_norm_stats=True`` (region BNs keep nothing);
    ``hosvd-warm`` / ``hosvd-frozen``: the same with ``subspace='warm'`` / ``'frozen'`` (issue 14);
 4. ``hosvd-paper``: HOSVD with ``lean_region=False`` (the paper's accounting: only conv inputs compressed);
+   ``gradfilt-r2`` / ``gradfilt-r4``: the Gradient Filter (Yang et al., CVPR 2023) with 2x2 / 4x4 patches,
+   ``lean_region`` on: each conv keeps its input summed over patches (approximate weight and input
+   gradients, where HOSVD's input gradients are exact);
 5. ``vanilla+cp``: vanilla with the backbone's ``with_cp=True`` set in the model config (the same
    weights loaded); it checkpoints the backbone's residual / inverted-residual blocks whose input needs a
    gradient, not the decode head.
@@ -86,6 +89,12 @@ VARIANTS = {
                      'within it, on the first 2 batches'),
     'hosvd-paper': (dict(method='hosvd', lean_region=False), False,
                     "HOSVD, lean_region=False (the paper's accounting: only conv inputs compressed)"),
+    'gradfilt-r2': (dict(method='gradfilt', patch_size=2, lean_region=True), False,
+                    'Gradient Filter, 2x2 patches of the output gradient, lean region (each conv keeps its input '
+                    'summed over patches; approximate weight and input gradients)'),
+    'gradfilt-r4': (dict(method='gradfilt', patch_size=4, lean_region=True), False,
+                    'Gradient Filter, 4x4 patches of the output gradient, lean region (each conv keeps its input '
+                    'summed over patches; approximate weight and input gradients)'),
     'vanilla+cp': (dict(method='none'), True, "vanilla with the backbone's with_cp=True"),
 }
 BASELINE, TARGET_VARIANT = 'vanilla', 'hosvd'

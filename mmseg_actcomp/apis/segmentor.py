@@ -269,7 +269,9 @@ def _run_meta(config: str, checkpoint: Optional[str], region: Optional[FineTuneR
     per_layer = region.budget_choice if region is not None else {}
     return {
         'config': config, 'checkpoint': checkpoint, 'hook': hook_cfg, 'method': method,
-        'explained_variance': None if method in (None, 'none') or per_layer else region.explained_variance,
+        'explained_variance': (None if method in (None, 'none', 'gradfilt') or per_layer
+                               else region.explained_variance),
+        'patch_size': region.patch_size if method == 'gradfilt' else None,
         'memory_budget_mib': region.memory_budget_mib if region is not None else None,
         'explained_variance_per_layer': dict(per_layer) or None,
         'center': region.center if region is not None else None,

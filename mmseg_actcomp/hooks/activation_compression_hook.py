@@ -36,7 +36,8 @@ class ActivationCompressionHook(Hook):
                              explained_variance=0.8, num_layers=10)]
 
     Before training starts (``before_run``) the chosen ``nn.Conv2d`` layers are swapped in place for
-    :class:`~mmseg_actcomp.ops.HOSVDConv2d` / :class:`~mmseg_actcomp.ops.SVDConv2d`, which share the
+    :class:`~mmseg_actcomp.ops.HOSVDConv2d` / :class:`~mmseg_actcomp.ops.SVDConv2d` /
+    :class:`~mmseg_actcomp.ops.GradFilterConv2d`, which share the
     conv's parameters and state-dict keys: the optimizer, ``load_from``, ``--resume`` and saved
     checkpoints see the very same tensors, and a checkpoint loads into a stock mmseg model.
 
@@ -46,10 +47,17 @@ class ActivationCompressionHook(Hook):
     :class:`~mmseg_actcomp.apis.checks.HookConfigError` (a ``ValueError``) naming the key and the value.
 
     Args:
-        method (str): ``'hosvd'``, ``'svd'``, or ``'none'`` (fine-tune the same layers without
+        method (str): ``'hosvd'``, ``'svd'``, ``'gradfilt'`` (Gradient Filter, Yang et al., CVPR 2023:
+            each conv keeps its input summed over patches, see ``patch_size``; unlike HOSVD/SVD, whose
+            input gradients are exact, its input gradient is approximate too, taken from the output
+            gradient averaged over patches), or ``'none'`` (fine-tune the same layers without
             compression: the vanilla baseline). Defaults to ``'hosvd'``.
         explained_variance (float): ε in (0, 1]: each decomposed mode keeps the fewest components
-            explaining this fraction of its energy. Ignored for ``'none'``. Defaults to 0.8.
+            explaining this fraction of its energy. Ignored for ``'none'`` and ``'gradfilt'``. Defaults
+            to 0.8.
+        patch_size (int): ``'gradfilt'`` only: ``R >= 1``; the output gradient is averaged over ``R x R``
+            patches and each conv keeps its input summed over the matching ``(R stride)^2`` patches
+            (the paper uses 2, 4 and 8; 1 is exact for a 1x1 stride-1 conv). Defaults to 2.
         num_layers (int, optional): fine-tune the last N convolutions in the order the inference
             forward (``mode='tensor'``: backbone + decode head, classifier ``conv_seg`` included) runs
             them, found by tracing. Auxiliary heads, dropped at inference, are never chosen, nor convs
@@ -67,8 +75,9 @@ class ActivationCompressionHook(Hook):
             compressed normalised input when their affine weights train), dropout regenerates its
             mask, frozen convs and pooling keep no input. The region is each chosen conv's parent
             module (its ConvModule, residual block or head). Input gradients stay exact, except
-            through BNs on batch statistics (see ``norm_input_bits``). Only for 'svd'/'hosvd'; False
-            reproduces the paper's accounting (only conv inputs compressed). Defaults to True.
+            through BNs on batch statistics (see ``norm_input_bits``). Not for 'none'; with 'gradfilt' a
+            BN whose gamma trains on running statistics keeps its x_hat whole. False reproduces the
+            paper's accounting (only conv inputs compressed). Defaults to True.
         norm_input_bits (int, optional): with ``lean_region``, a region BN that trains on batch
             statistics (the config's default) keeps its input quantized to this many bits per element
             (one range per sample and channel; 1, 2, 4 or 8) instead of whole: its input and gamma
@@ -89,7 +98,8 @@ class ActivationCompressionHook(Hook):
             only the rest, so that ranks follow the variation around the mean. Without it, ranks collapse
             to about 1 during fine-tuning and the weight gradients lose their direction
             (docs/grad_fidelity.md) and the run learns little (the ``hosvd-0.8-uncentred`` row of
-            docs/finetune.md). Not for ``'none'``. Defaults to True; False is the paper's method.
+            docs/finetune.md). Not for ``'none'`` or ``'gradfilt'``. Defaults to True; False is the
+            paper's method.
         require_load_from (bool): fail at start unless the config loads a checkpoint (``load_from``
             or ``resume``): fine-tuning and calibration configs set it, so that a forgotten
             ``--cfg-options load_from=...`` cannot silently fine-tune a random network. Defaults to False.
@@ -101,7 +111,7 @@ class ActivationCompressionHook(Hook):
             (no eigendecomposition). The batch mode stays exact. The bases go into checkpoints, so a
             resumed run continues from the same ones. Their effect on learning and speed: the
             ``hosvd-0.8-warm-subspace`` and ``hosvd-0.8-frozen-subspace`` rows of docs/finetune.md.
-            Defaults to ``'exact'``.
+            Only ``'exact'`` with ``'svd'`` and ``'gradfilt'``. Defaults to ``'exact'``.
         subspace_batches (int): ``M >= 1``: ``'frozen'``'s estimation batches, ``'warm'``'s refresh
             period. Defaults to 8.
         memory_budget_mib (float, optional): MiB for what the chosen convs keep of their inputs (their
@@ -129,7 +139,7 @@ class ActivationCompressionHook(Hook):
                  center: bool = True, precise_norm_batches: int = 0,
                  norm_input_bits: Optional[int] = 4, subspace: str = 'exact', subspace_batches: int = 8,
                  memory_budget_mib: Optional[float] = None, budget_batches: int = 2,
-                 truncate_batch: bool = False) -> None:
+                 truncate_batch: bool = False, patch_size: int = 2) -> None:
         try:
             self.region = FineTuneRegion(
                 method=method, explained_variance=explained_variance, num_layers=num_layers, layers=layers,
@@ -137,7 +147,7 @@ class ActivationCompressionHook(Hook):
                 freeze_region_norm_stats=freeze_region_norm_stats, precise_norm_batches=precise_norm_batches,
                 norm_input_bits=norm_input_bits, center=center, subspace=subspace,
                 subspace_batches=subspace_batches, memory_budget_mib=memory_budget_mib,
-                budget_batches=budget_batches, truncate_batch=truncate_batch)
+                budget_batches=budget_batches, truncate_batch=truncate_batch, patch_size=patch_size)
         except ValueError as e:
             raise HookConfigError(f'ActivationCompressionHook: {e}') from None
         self.require_load_from = bool(require_load_from)

@@ -1,14 +1,15 @@
 """Per-layer figures of the fine-tuned convolutions: input shape, ranks, vanilla and kept bytes.
 
 These give the paper's *estimate*: what each chosen convolution keeps of its input for the weight
-gradient, read from the layer itself rather than from the autograd graph.
+gradient (HOSVD/SVD factors, or the gradient filter's patch sums), read from the layer itself rather than
+from the autograd graph.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
-from ..ops import CompressedConv2d
+from ..ops.convert import KEEPING_TYPES
 
 
 @dataclass
@@ -17,12 +18,13 @@ class LayerStep:
 
     Attributes:
         path: module path in the model.
-        type: class name, e.g. ``'HOSVDConv2d'`` or ``'Conv2d'``.
+        type: class name, e.g. ``'HOSVDConv2d'``, ``'GradFilterConv2d'`` or ``'Conv2d'``.
         input_shape: ``(B, C, H, W)`` of its (first) input.
         ranks: ``(k,)`` (SVD) or ``(r1, r2, r3, r4)`` (HOSVD) of its (first) compressing call; None for
-            a layer that did not compress (plain ``nn.Conv2d``).
+            a layer that keeps no decomposition (plain ``nn.Conv2d``, the gradient filter).
         vanilla_bytes: ``B*C*H*W`` times the element size: what ``nn.Conv2d`` keeps of its input.
-        kept_bytes: bytes of the compressed factors; for a plain convolution its vanilla bytes.
+        kept_bytes: bytes of the compressed factors (of the patch sums for the gradient filter); for a
+            plain convolution its vanilla bytes.
         calls: forward calls in the pass.
     """
     path: str
@@ -41,8 +43,9 @@ def _tensor_bytes(x: Tensor) -> int:
 def _observe(module: nn.Module, x: Tensor, path: str) -> LayerStep:
     """The :class:`LayerStep` of one call of ``module`` on ``x: (B, C, H, W)``, read after its forward."""
     kind = type(module).__name__
-    if isinstance(module, CompressedConv2d) and module.last_kept_bytes is not None:
-        return LayerStep(path, kind, tuple(module.last_input_shape), tuple(module.last_ranks),
+    if isinstance(module, KEEPING_TYPES) and module.last_kept_bytes is not None:
+        ranks = getattr(module, 'last_ranks', None)
+        return LayerStep(path, kind, tuple(module.last_input_shape), None if ranks is None else tuple(ranks),
                          int(module.last_vanilla_bytes), int(module.last_kept_bytes))
     vanilla = _tensor_bytes(x)
     return LayerStep(path, kind, tuple(x.shape), None, vanilla, vanilla)
@@ -88,7 +91,7 @@ class LayerProbe:
 
     @staticmethod
     def _before(module: nn.Module, args) -> None:
-        if isinstance(module, CompressedConv2d):
+        if isinstance(module, KEEPING_TYPES):
             module.last_kept_bytes = None
 
     def _recorder(self, path: str):

@@ -92,10 +92,11 @@ def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
 
 
 def run_label(report: dict) -> str:
-    """A short name of a run: its method, epsilon and layer count, e.g. ``'hosvd eps0.8 10L'``."""
+    """A short name of a run: its method, epsilon (or patch size) and layer count, e.g. ``'hosvd eps0.8 10L'``,
+    ``'gradfilt R2 10L'``."""
     method = report.get('method') or 'vanilla (no hook)'
-    eps = report.get('explained_variance')
-    parts = [method] + ([f'eps{eps:g}'] if eps is not None else [])
+    eps, patch_size = report.get('explained_variance'), report.get('patch_size')
+    parts = [method] + ([f'eps{eps:g}'] if eps is not None else []) + ([f'R{patch_size}'] if patch_size else [])
     if report.get('num_layers'):
         parts.append(f"{report['num_layers']}L")
     return ' '.join(parts)

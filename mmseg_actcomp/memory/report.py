@@ -23,6 +23,8 @@ PEAK_NOTE = 'n/a (no allocation records)'
 #: what each backward op of a compressed model keeps for backward (the per-op tables' "keeps" column)
 OP_KEEPS = {
     'CompressedConv2dFunctionBackward': 'conv input factors (what the estimate counts)',
+    'GradFilterConv2dFunctionBackward': 'conv input summed over patches (gradient filter; what the estimate '
+                                        'counts)',
     'PackedMaskReLUFunctionBackward': 'ReLU mask, bit-packed (1 bit/element)',
     'NativeBatchNormBackward0': 'BN: its full input (batch statistics: for the exact input gradient)',
     'QuantizedInputBatchNormFunctionBackward': 'BN on batch statistics: its input quantized '
@@ -174,7 +176,8 @@ def _budget_text(report: dict) -> str:
 
 def format_report(report: dict) -> str:
     """The aligned text tables of a :func:`build_report` report: layers, whole model, per op."""
-    head = (f"config {report.get('config')}  method {report.get('method') or '- (no hook)'}  "
+    patch = f"  patch_size {report['patch_size']}" if report.get('patch_size') else ''
+    head = (f"config {report.get('config')}  method {report.get('method') or '- (no hook)'}{patch}  "
             f"eps {report.get('explained_variance') or _budget_text(report)}  layers {len(report['layers'])}  "
             f"device {report.get('device')}  batches {report['num_batches']}  "
             f"batch {_shape_text(report.get('batch_shape'))}")

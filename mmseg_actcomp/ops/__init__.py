@@ -1,11 +1,14 @@
-"""Convolution layers and autograd functions that keep compressed activations for backward."""
+"""Convolution layers and autograd functions that keep compressed activations for backward: HOSVD/SVD
+factors (:mod:`.conv`) or patch sums (the gradient filter, :mod:`.gradfilt`)."""
 from .conv import CompressedConv2d, HOSVDConv2d, SVDConv2d
 from .functional import CompressedConv2dFunction, compressed_conv2d, conv2d_weight_from_tucker
+from .gradfilt import GradFilterConv2d, GradFilterConv2dFunction, gradfilt_conv2d
 from .lean import (LeanAdaptiveAvgPool2d, LeanBatchNorm2d, LeanConv2d, PackedMaskReLU, RegeneratedDropout,
                    make_lean, packed_mask_relu)
 
 __all__ = [
     'CompressedConv2d', 'HOSVDConv2d', 'SVDConv2d', 'CompressedConv2dFunction', 'compressed_conv2d',
-    'conv2d_weight_from_tucker', 'LeanAdaptiveAvgPool2d', 'LeanBatchNorm2d', 'LeanConv2d', 'PackedMaskReLU',
+    'conv2d_weight_from_tucker', 'GradFilterConv2d', 'GradFilterConv2dFunction', 'gradfilt_conv2d',
+    'LeanAdaptiveAvgPool2d', 'LeanBatchNorm2d', 'LeanConv2d', 'PackedMaskReLU',
     'RegeneratedDropout', 'make_lean', 'packed_mask_relu'
 ]

@@ -14,7 +14,7 @@ from ..compression import (METHODS, DecompositionError, SubspaceEstimate, Tucker
                            truncated_modes, validate_explained_variance)
 from ..utils.validate import require_integer
 from .functional import autocast_conv_args, compressed_conv2d
-from .lean import conv_twin, frozen_weight_conv2d
+from .lean import conv_twin, explicit_padding, frozen_weight_conv2d
 
 
 class CompressedConv2d(nn.Conv2d):
@@ -149,9 +149,10 @@ class CompressedConv2d(nn.Conv2d):
     def prepare_input(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor], Tuple[int, int]]:
         """``(x, weight, bias, padding)`` as a compressing forward convolves and decomposes them: cast as
         autocast casts a convolution's arguments, ``x: (B, C, H, W)`` padded as far as the convolution
-        cannot do it (:meth:`_explicit_padding`) and the numeric zero padding left for it."""
+        cannot do it (:func:`~mmseg_actcomp.ops.lean.explicit_padding`) and the numeric zero padding left
+        for it."""
         x, weight, bias = autocast_conv_args(x, self.weight, self.bias)
-        x, padding = self._explicit_padding(x)
+        x, padding = explicit_padding(self, x)
         return x, weight, bias, padding
 
     def decompose(self, x: Tensor, explained_variance: float,
@@ -166,14 +167,6 @@ class CompressedConv2d(nn.Conv2d):
         """
         return compress(x, explained_variance, self.modes, name=self.layer_name, center=self.center,
                         fixed=self._fixed_bases(x), warm=warm)
-
-    def _explicit_padding(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        """``x`` padded as far as the convolution cannot do it, and the zero padding left for it."""
-        w_left, w_right, h_top, h_bottom = self._reversed_padding_repeated_twice
-        if self.padding_mode == 'zeros' and w_left == w_right and h_top == h_bottom:
-            return x, (h_top, w_left)
-        mode = 'constant' if self.padding_mode == 'zeros' else self.padding_mode
-        return nn.functional.pad(x, self._reversed_padding_repeated_twice, mode=mode), (0, 0)
 
     def _warn_solver_failure(self, error: DecompositionError) -> None:
         if not self._warned_solver_failure:
@@ -289,16 +282,20 @@ def no_smaller(tucker: Tucker, x: Tensor) -> bool:
 #: samples every step)
 SUBSPACE_MODES = (1, 2, 3)
 SUBSPACES = ('exact', 'warm', 'frozen')
+#: why a method other than HOSVD has no subspace to carry over or fix
+NO_SUBSPACE = {'svd': 'truncates only the batch mode, whose samples change every step',
+               'gradfilt': 'keeps patch sums of its input, no decomposition'}
 
 
 def validate_subspace(method: str, subspace: str, subspace_batches: int) -> None:
-    """ValueError naming the value unless ``subspace`` is one of :data:`SUBSPACES` (``'frozen'`` for
-    HOSVD only: SVD truncates only the batch mode) and ``subspace_batches`` an integer >= 1."""
+    """ValueError naming the value unless ``subspace`` is one of :data:`SUBSPACES` (other than
+    ``'exact'`` for HOSVD only: SVD truncates only the batch mode, the gradient filter decomposes nothing)
+    and ``subspace_batches`` an integer >= 1."""
     if subspace not in SUBSPACES:
         raise ValueError(f'subspace={subspace!r} is not one of {list(SUBSPACES)}')
     if subspace != 'exact' and method != 'hosvd':
-        raise ValueError(f"subspace={subspace!r} needs method='hosvd' ({method!r} truncates only the batch "
-                         'mode, whose samples change every step)')
+        why = NO_SUBSPACE.get(method, 'has no subspace')
+        raise ValueError(f"subspace={subspace!r} needs method='hosvd' ({method!r} {why})")
     require_integer('subspace_batches', subspace_batches, 1)
 
 
@@ -314,12 +311,13 @@ class HOSVDConv2d(CompressedConv2d):
     method = 'hosvd'
 
 
-def _register() -> None:
-    # The root registry: mmcv's build_conv_layer switches to the current default scope's registry
-    # (mmseg's, a child of the root) and falls back to parents, so both scopes find these names.
+def register_layers(*layers: type) -> None:
+    """Register ``layers`` under their class names in mmengine's root ``MODELS`` registry: mmcv's
+    ``build_conv_layer`` switches to the current default scope's registry (mmseg's, a child of the root)
+    and falls back to parents, so both scopes find these names."""
     from mmengine.registry import MODELS
-    for layer in (SVDConv2d, HOSVDConv2d):
+    for layer in layers:
         MODELS.register_module(layer.__name__, module=layer, force=True)
 
 
-_register()
+register_layers(SVDConv2d, HOSVDConv2d)

@@ -8,9 +8,13 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 from torch import nn
 
 from .conv import CompressedConv2d, HOSVDConv2d, SVDConv2d
+from .gradfilt import GradFilterConv2d
 
 #: method name -> layer type that replaces an ``nn.Conv2d`` (None: keep the plain conv)
-CONV_TYPES = {'hosvd': HOSVDConv2d, 'svd': SVDConv2d, 'none': None}
+CONV_TYPES = {'hosvd': HOSVDConv2d, 'svd': SVDConv2d, 'gradfilt': GradFilterConv2d, 'none': None}
+#: the layer types that record what they keep of their input for backward (``last_kept_bytes``,
+#: ``last_vanilla_bytes``, ``last_input_shape``; HOSVD/SVD also ``last_ranks``)
+KEEPING_TYPES = (CompressedConv2d, GradFilterConv2d)
 
 
 def trace_conv_order(model: nn.Module, run_forward: Callable[[], object]) -> List[str]:
@@ -57,29 +61,37 @@ def select_last(order: Sequence[str], num_layers: int) -> List[str]:
 
 def swap_convs(model: nn.Module, paths: Iterable[str], method: str,
                explained_variance: float, center: bool = True, subspace: str = 'exact',
-               subspace_batches: int = 8, truncate_batch: bool = True) -> Dict[str, nn.Conv2d]:
-    """Replace each conv at ``paths`` by the compressed type of ``method`` (``center``, ``subspace``,
-    ``subspace_batches`` and ``truncate_batch`` as in :class:`~mmseg_actcomp.ops.CompressedConv2d`), sharing
-    its parameters.
+               subspace_batches: int = 8, truncate_batch: bool = True,
+               patch_size: int = 2) -> Dict[str, nn.Conv2d]:
+    """Replace each conv at ``paths`` by the layer type of ``method`` (:data:`CONV_TYPES`), sharing its
+    parameters: for ``'svd'``/``'hosvd'`` with ``explained_variance``, ``center``, ``subspace``,
+    ``subspace_batches`` and ``truncate_batch`` as in :class:`~mmseg_actcomp.ops.CompressedConv2d`, for
+    ``'gradfilt'`` with ``patch_size`` as in :class:`~mmseg_actcomp.ops.GradFilterConv2d`.
 
-    Idempotent: a layer already of the wanted type only gets ``explained_variance`` and ``center``
-    updated (and keeps its subspace state); a different ``truncate_batch`` makes a new twin.
+    Idempotent: a layer already of the wanted type only gets ``explained_variance`` and ``center`` (resp.
+    ``patch_size``) updated (and keeps its subspace state); a different ``truncate_batch`` makes a new twin.
     Returns path -> the layer now in the model (plain ``nn.Conv2d`` for ``method='none'``).
     """
     if method not in CONV_TYPES:
         raise ValueError(f'method={method!r} is not one of {sorted(CONV_TYPES)}')
     new_type = CONV_TYPES[method]
+    if new_type is GradFilterConv2d:
+        options = updated = dict(patch_size=patch_size)
+    else:
+        options = dict(explained_variance=explained_variance, center=center, subspace=subspace,
+                       subspace_batches=subspace_batches, truncate_batch=truncate_batch)
+        updated = dict(explained_variance=explained_variance, center=bool(center))
     swapped = {}
     for path in paths:
         conv = check_conv_path(model, path)
         if new_type is None:
             swapped[path] = conv
             continue
-        if type(conv) is new_type and conv.truncate_batch == truncate_batch:
-            conv.explained_variance = explained_variance
-            conv.center = bool(center)
+        if type(conv) is new_type and getattr(conv, 'truncate_batch', truncate_batch) == truncate_batch:
+            for name, value in updated.items():
+                setattr(conv, name, value)
         else:
-            conv = new_type.from_conv(conv, explained_variance, center, subspace, subspace_batches, truncate_batch)
+            conv = new_type.from_conv(conv, **options)
             conv.layer_name = path
             model.set_submodule(path, conv)
         swapped[path] = conv
@@ -99,23 +111,26 @@ def freeze_all_but(model: nn.Module, trainable: Iterable[nn.Module]) -> List[str
 
 
 def compression_stats(layers: Dict[str, nn.Module]) -> Optional[Dict[str, float]]:
-    """Mean rank per mode, total kept / vanilla bytes, the mean fraction of input energy kept
-    (``kept_energy``: ``||core||^2 / ||x||^2``, what the weight gradient sees) and the number of layers
-    that kept their input whole (``kept_whole``) of the last compression of ``layers``, or None if none
-    of them is a compressed layer that has compressed yet."""
-    recorded = [m for m in layers.values() if isinstance(m, CompressedConv2d) and m.last_ranks is not None]
+    """Total kept / vanilla bytes of the last forward that kept something of ``layers``' inputs
+    (:data:`KEEPING_TYPES`: HOSVD/SVD factors, gradient-filter patch sums), and for HOSVD/SVD layers the
+    mean rank per mode, the mean fraction of input energy kept (``kept_energy``: ``||x_hat||^2 / ||x||^2``,
+    what the weight gradient sees) and the number of layers that kept their input whole (``kept_whole``);
+    None if none of them has kept anything yet."""
+    recorded = [m for m in layers.values() if isinstance(m, KEEPING_TYPES) and m.last_kept_bytes is not None]
     if not recorded:
         return None
     stats = {}
-    for mode in range(max(len(m.last_ranks) for m in recorded)):
-        ranks = [m.last_ranks[mode] for m in recorded if len(m.last_ranks) > mode]
+    ranked = [m for m in recorded if isinstance(m, CompressedConv2d) and m.last_ranks is not None]
+    for mode in range(max((len(m.last_ranks) for m in ranked), default=0)):
+        ranks = [m.last_ranks[mode] for m in ranked if len(m.last_ranks) > mode]
         stats[f'rank_mode{mode + 1}'] = sum(ranks) / len(ranks)
     stats['kept_MiB'] = sum(m.last_kept_bytes for m in recorded) / 2**20
     stats['vanilla_MiB'] = sum(m.last_vanilla_bytes for m in recorded) / 2**20
     stats['kept_ratio'] = stats['kept_MiB'] / stats['vanilla_MiB'] if stats['vanilla_MiB'] else 0.0
-    energies = [float(m.last_kept_energy) for m in recorded if m.last_kept_energy is not None]
+    energies = [float(m.last_kept_energy) for m in ranked if m.last_kept_energy is not None]
     if energies:
         stats['kept_energy'] = sum(energies) / len(energies)
-    # layers that kept their input whole (no smaller decomposition, or no solver converged)
-    stats['kept_whole'] = float(sum(bool(m.last_kept_whole) for m in recorded))
+    if ranked:
+        # layers that kept their input whole (no smaller decomposition, or no solver converged)
+        stats['kept_whole'] = float(sum(bool(m.last_kept_whole) for m in ranked))
     return stats

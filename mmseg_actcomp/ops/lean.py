@@ -63,7 +63,7 @@ def _validate_input_bits(bits: Optional[int]) -> Optional[int]:
         raise ValueError(f'input_bits: {e} (or None to keep the input whole)') from None
 
 
-def _validated_attribute(name: str, validate: Callable) -> property:
+def validated_attribute(name: str, validate: Callable) -> property:
     """An attribute whose every assignment goes through ``validate`` (which returns the value to store)."""
     private = f'_{name}'
     return property(lambda self: getattr(self, private),
@@ -361,9 +361,9 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
         self.last_kept_bytes: Optional[int] = None
         self.last_vanilla_bytes: Optional[int] = None
 
-    explained_variance = _validated_attribute('explained_variance', validate_explained_variance)
-    method = _validated_attribute('method', _validate_method)
-    input_bits = _validated_attribute('input_bits', _validate_input_bits)
+    explained_variance = validated_attribute('explained_variance', validate_explained_variance)
+    method = validated_attribute('method', _validate_method)
+    input_bits = validated_attribute('input_bits', _validate_input_bits)
 
     @classmethod
     def from_bn(cls, bn: nn.BatchNorm2d, explained_variance: float = 0.8, method: str = 'hosvd',
@@ -476,6 +476,19 @@ def conv_twin(cls: type, conv: nn.Conv2d, **kwargs) -> nn.Conv2d:
     twin.weight = conv.weight
     twin.bias = conv.bias
     return twin.train(conv.training)
+
+
+def explicit_padding(conv: nn.Conv2d, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+    """``x: (B, C, H, W)`` padded as far as ``F.conv2d``'s symmetric zero padding cannot do what ``conv``'s
+    padding says (string padding resolved to an asymmetric ``'same'``, a non-zero ``padding_mode``: all
+    of it, with ``F.pad``, as ``nn.Conv2d`` pads for non-zero modes), and the zero padding
+    ``(pad_h, pad_w)`` left for the convolution. For a custom convolution that keeps something derived
+    from its (padded) input."""
+    w_left, w_right, h_top, h_bottom = conv._reversed_padding_repeated_twice
+    if conv.padding_mode == 'zeros' and w_left == w_right and h_top == h_bottom:
+        return x, (h_top, w_left)
+    mode = 'constant' if conv.padding_mode == 'zeros' else conv.padding_mode
+    return F.pad(x, conv._reversed_padding_repeated_twice, mode=mode), (0, 0)
 
 
 def frozen_weight_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from .budget import MIB, Cost, budget_table, calibration_costs, choose_explained
 from .convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all_but, select_last, swap_convs,
                       trace_conv_order)
 from .conv import CompressedConv2d, validate_subspace
+from .gradfilt import GradFilterConv2d, validate_patch_size
 from .lean import LeanBatchNorm2d, make_lean
 from .precise_bn import preserved_training_modes
 
@@ -51,6 +52,11 @@ class FineTuneRegion:
     ``region_norms`` (those of them inside the region that still train: what precise BN re-estimates).
     With ``memory_budget_mib``, after :meth:`fit_budget`: ``budget_choice`` (path -> the chosen
     ``explained_variance``) and ``budget_table`` (the choice as a printable table).
+
+    ``method='gradfilt'`` takes ``patch_size`` and no ``explained_variance``, ``center``, ``subspace`` or
+    ``memory_budget_mib`` (the last two raise unless left at their defaults; ``center`` is ignored, as for
+    ``'none'``). Its lean region's BNs, where ``gamma`` trains on running statistics, keep ``x_hat`` whole
+    (``norm_method`` ``'none'``: the BNs know only decompositions, and the filter has none).
     """
 
     def __init__(self, method: str = 'hosvd', explained_variance: float = 0.8,
@@ -59,7 +65,7 @@ class FineTuneRegion:
                  freeze_region_norm_stats: bool = False, precise_norm_batches: int = 0,
                  norm_input_bits: Optional[int] = 4, center: bool = True, subspace: str = 'exact',
                  subspace_batches: int = 8, memory_budget_mib: Optional[float] = None,
-                 budget_batches: int = 2, truncate_batch: bool = False) -> None:
+                 budget_batches: int = 2, truncate_batch: bool = False, patch_size: int = 2) -> None:
         if method not in CONV_TYPES:
             raise ValueError(f'method={method!r} is not allowed; use one of {sorted(CONV_TYPES)}')
         try:
@@ -91,6 +97,7 @@ class FineTuneRegion:
                                  f'{list(QUANTIZATION_BITS)}, or None to keep region BN inputs whole') from None
         if method != 'none':
             validate_subspace(method, subspace, subspace_batches)
+        self.patch_size = validate_patch_size(patch_size)
         self.subspace, self.subspace_batches = subspace, subspace_batches
         validate_budget(method, memory_budget_mib, budget_batches)
         self.memory_budget_mib, self.budget_batches = memory_budget_mib, budget_batches
@@ -101,14 +108,16 @@ class FineTuneRegion:
         self.layers = list(layers) if layers is not None else None
         self.freeze_others = bool(freeze_others)
         self.lean_region = bool(lean_region) and method != 'none'
+        #: what the lean region's BNs keep of ``x_hat`` for a trainable ``gamma`` on running statistics
+        self.norm_method = method if method in METHODS else 'none'
         self.freeze_region_norm_stats = bool(freeze_region_norm_stats) and self.lean_region
         if precise_norm_batches and not self.freeze_region_norm_stats:
             raise ValueError(f'precise_norm_batches={precise_norm_batches} re-estimates the statistics of '
                              'BNs that run on them: it needs freeze_region_norm_stats=True (and '
-                             'lean_region=True, method svd or hosvd)')
+                             'lean_region=True, method svd, hosvd or gradfilt)')
         self.precise_norm_batches = precise_norm_batches
         self.norm_input_bits = norm_input_bits
-        self.center = center and method != 'none'
+        self.center = center and method in METHODS
         self.layer_paths: List[str] = []
         self.fine_tuned: Dict[str, nn.Conv2d] = {}
         self.eval_norms: List[_BatchNorm] = []
@@ -128,10 +137,11 @@ class FineTuneRegion:
         Returns the chosen paths; call :meth:`set_norms_eval` after every ``model.train()``."""
         paths = self.choose(model)
         swap_convs(model, paths, self.method, self.explained_variance, self.center, self.subspace,
-                   self.subspace_batches, self.truncate_batch)
+                   self.subspace_batches, self.truncate_batch, self.patch_size)
         if self.lean_region:
             for root in sorted(set(region_modules(paths)) - set(paths)):
-                make_lean(model.get_submodule(root), self.explained_variance, self.method, self.norm_input_bits)
+                make_lean(model.get_submodule(root), self.explained_variance, self.norm_method,
+                          self.norm_input_bits)
         self.fine_tuned = {p: model.get_submodule(p) for p in paths}
         self.layer_paths = list(paths)
         trainable_ids = set()
@@ -222,17 +232,20 @@ class FineTuneRegion:
 
     def summary(self, model: nn.Module) -> str:
         """A line of the options and the trainable parameter count, then two tables: the chosen layers
-        (path, type, shape of weight, trainable parameters) and the region's BNs (path, the statistics
-        they normalise with, what they keep for backward)."""
-        rows = [('#', 'layer', 'type', 'weight', 'trainable params', 'explained_variance')]
+        (path, type, shape of weight, trainable parameters, and their ``explained_variance``, or
+        ``patch_size`` for ``'gradfilt'``) and the region's BNs (path, the statistics they normalise with,
+        what they keep for backward)."""
+        setting = 'patch_size' if self.method == 'gradfilt' else 'explained_variance'
+        rows = [('#', 'layer', 'type', 'weight', 'trainable params', setting)]
         for i, path in enumerate(self.layer_paths, 1):
             conv = self.fine_tuned[path]
+            value = getattr(conv, setting) if isinstance(conv, (CompressedConv2d, GradFilterConv2d)) else None
             rows.append((str(i), path, type(conv).__name__, 'x'.join(map(str, conv.weight.shape)),
                          str(sum(p.numel() for p in conv.parameters() if p.requires_grad)),
-                         f'{conv.explained_variance:g}' if isinstance(conv, CompressedConv2d) else '-'))
+                         '-' if value is None else f'{value:g}'))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        head = (f'method={self.method}, explained_variance={self.explained_variance}, '
+        head = (f'method={self.method}, {setting}={getattr(self, setting)}, '
                 f'{len(self.layer_paths)} layers, lean_region={self.lean_region}, '
                 f'freeze_region_norm_stats={self.freeze_region_norm_stats}, '
                 f'precise_norm_batches={self.precise_norm_batches}, '
@@ -259,6 +272,8 @@ class FineTuneRegion:
                       f'{self.precise_norm_batches} batches at the start' if norm in self.region_norms
                       and self.precise_norm_batches else 'running')
         if norm.weight is not None and norm.weight.requires_grad:
+            if norm.method == 'none':
+                return statistics, 'x_hat whole for the gamma gradient'
             return statistics, f'x_hat for the gamma gradient, {norm.method} eps {norm.explained_variance}'
         return statistics, 'nothing'
 

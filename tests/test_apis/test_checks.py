@@ -127,7 +127,8 @@ def test_bad_hook_values_and_a_second_hook():
     cfg = Config.fromfile(HOSVD_CONFIG)
     check_hooks(cfg)
     cfg.merge_from_dict({'custom_hooks.0.method': 'tucker'})
-    with pytest.raises(HookConfigError, match=r"method='tucker' is not allowed; use one of \['hosvd', 'none', "):
+    with pytest.raises(HookConfigError,
+                       match=r"method='tucker' is not allowed; use one of \['gradfilt', 'hosvd', 'none', "):
         check_hooks(cfg)
     cfg = Config.fromfile(HOSVD_CONFIG)
     cfg.custom_hooks = cfg.custom_hooks * 2

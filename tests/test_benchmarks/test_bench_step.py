@@ -77,6 +77,19 @@ def test_files_hold_the_figures_and_the_command(run):
     assert markdown.count('met: ') + markdown.count('MISSED: ') == 3
 
 
+@pytest.mark.parametrize('name, patch_size', [('gradfilt-r2', 2), ('gradfilt-r4', 4)])
+def test_gradient_filter_variants_build_their_region_from_the_configs_hook(name, patch_size):
+    from mmengine.config import Config
+    from mmseg.registry import HOOKS
+
+    import mmseg_actcomp  # noqa: F401  (registers the hook)
+    overrides, with_cp, description = bench_step.VARIANTS[name]
+    region = HOOKS.build(dict(Config.fromfile(CONFIG).custom_hooks[0], **overrides)).region
+    assert (region.method, region.patch_size, region.lean_region, with_cp) == ('gradfilt', patch_size, True, False)
+    assert f'{patch_size}x{patch_size} patches' in description
+    assert bench_step.parse_args(['--variants', name]).variants == ['vanilla', 'hosvd', name]
+
+
 def test_paper_scale_sets_the_paper_configs_variants_and_target_unless_given():
     args = bench_step.parse_args(['--paper-scale'])
     assert args.configs == bench_step.PAPER_CONFIGS and args.variants == bench_step.PAPER_VARIANTS

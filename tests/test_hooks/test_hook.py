@@ -159,8 +159,50 @@ def test_method_none_keeps_plain_convs(deeplab):
     assert not model.backbone.layer1[0].conv1.weight.requires_grad
 
 
+def test_method_gradfilt_swaps_in_gradient_filters_and_trains(deeplab):
+    """The chosen convs become GradFilterConv2d with the hook's patch_size (center ignored, as for 'none'),
+    the summary and the logged figures say what they keep, a training step's gradients reach them, and
+    re-applying with another patch size updates the same layers."""
+    import copy
+    from mmseg_actcomp.ops import GradFilterConv2d
+    model = copy.deepcopy(deeplab)
+    hook = ActivationCompressionHook(method='gradfilt', patch_size=4, num_layers=3, freeze_region_norm_stats=True)
+    paths = hook.region.apply(model)
+    assert paths == ['decode_head.aspp_modules.3.conv', 'decode_head.bottleneck.conv', 'decode_head.conv_seg']
+    layers = [model.get_submodule(p) for p in paths]
+    assert all(type(m) is GradFilterConv2d and m.patch_size == 4 and m.layer_name == p
+               for p, m in zip(paths, layers))
+    assert hook.region.center is False and hook.region.lean_region
+    # a trainable-gamma BN on running statistics keeps x_hat whole: the filter has no decomposition to lend
+    assert model.decode_head.bottleneck.bn.method == 'none'
+    summary = hook.region.summary(model)
+    assert summary.startswith('method=gradfilt, patch_size=4, 3 layers') and 'center=False' in summary
+    assert [line.split()[-1] for line in summary.splitlines()[1:5]] == ['patch_size', '4', '4', '4']
+    bn_row = next(line for line in summary.splitlines() if line.startswith('decode_head.bottleneck.bn '))
+    assert 'x_hat whole for the gamma gradient' in bn_row
+    assert hook.region.stats() is None
+    model.train()
+    hook.region.set_norms_eval()
+    model(torch.rand(2, 3, 64, 64), mode='tensor').sum().backward()
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in layers)
+    stats = hook.region.stats()
+    assert set(stats) == {'kept_MiB', 'vanilla_MiB', 'kept_ratio'}
+    assert stats['kept_MiB'] == sum(m.last_kept_bytes for m in layers) / 2**20
+    # 64x64 images, output stride 8: 8x8 maps, 2x2 patches of 4x4 (the 1x1 stride-1 classifier too)
+    assert stats['kept_ratio'] == pytest.approx(1 / 16)
+    again = ActivationCompressionHook(method='gradfilt', patch_size=2, layers=paths)
+    assert again.region.apply(model) == paths and [model.get_submodule(p) for p in paths] == layers
+    assert all(m.patch_size == 2 for m in layers)
+
+
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(method='tucker', num_layers=2), "method='tucker' is not allowed; use one of ['hosvd', 'none', 'svd']"),
+    (dict(method='tucker', num_layers=2),
+     "method='tucker' is not allowed; use one of ['gradfilt', 'hosvd', 'none', 'svd']"),
+    (dict(method='gradfilt', num_layers=2, patch_size=0), 'patch_size=0 must be an integer >= 1'),
+    (dict(method='gradfilt', num_layers=2, patch_size=2.0), 'patch_size=2.0 must be an integer >= 1'),
+    (dict(method='gradfilt', num_layers=2, memory_budget_mib=1.0),
+     "memory_budget_mib=1.0 chooses explained_variance per layer: it needs method='svd' or 'hosvd', not "
+     "'gradfilt'"),
     (dict(explained_variance=0.0, num_layers=2), 'explained_variance must be a real number in (0, 1], got 0.0'),
     (dict(explained_variance=1.5, num_layers=2), 'got 1.5'),
     (dict(num_layers=0), 'num_layers=0 must be an integer >= 1'),
@@ -442,8 +484,8 @@ def test_bad_hook_value_via_train_py_is_a_clear_error(tmp_path):
     out = run_tool([osp.join(REPO, 'tools', 'train.py'), sample_config('deeplabv3_r18-d8', 'hosvd-0.8-10L'),
                     '--work-dir', tmp_path / 'w', '--cfg-options', 'custom_hooks.0.method=tucker'], cwd=tmp_path)
     assert out.returncode == 1
-    assert "error: " in out.stdout and "method='tucker' is not allowed; use one of ['hosvd', 'none', 'svd']" \
-        in out.stdout
+    assert "error: " in out.stdout
+    assert "method='tucker' is not allowed; use one of ['gradfilt', 'hosvd', 'none', 'svd']" in out.stdout
     assert 'Traceback' not in out.stdout
 
 
@@ -510,6 +552,8 @@ def test_subspace_bases_go_into_checkpoints_and_a_resumed_run_continues_identica
     (dict(method='svd', subspace='frozen'), "subspace='frozen' needs method='hosvd'"),
     (dict(subspace='cold'), r"subspace='cold' is not one of \['exact', 'warm', 'frozen'\]"),
     (dict(method='svd', subspace='warm'), "subspace='warm' needs method='hosvd'"),
+    (dict(method='gradfilt', subspace='frozen'),
+     r"subspace='frozen' needs method='hosvd' \('gradfilt' keeps patch sums of its input, no decomposition\)"),
     (dict(subspace='frozen', subspace_batches=0), 'subspace_batches=0'),
 ])
 def test_bad_subspace_keys_are_named(kwargs, message):

@@ -12,9 +12,9 @@ from torch import nn
 
 from mmseg_actcomp.memory import (REGION_RULE, build_report, in_region, measure_step, region_modules,
                                   storage_of, write_report)
-from mmseg_actcomp.memory.pareto import pareto_front, plot_pareto, read_miou
+from mmseg_actcomp.memory.pareto import pareto_front, plot_pareto, read_miou, run_label
 from mmseg_actcomp.memory.report import CSV_COLUMNS
-from mmseg_actcomp.ops import HOSVDConv2d, SVDConv2d
+from mmseg_actcomp.ops import GradFilterConv2d, HOSVDConv2d, SVDConv2d
 
 from conftest import REPO, SAMPLE_CONFIG, run_tool
 
@@ -84,6 +84,24 @@ def test_measured_single_compressed_conv_is_its_factors(layer):
     assert step.layers[''].kept_bytes == conv.last_kept_bytes
     ops = step.saved['per_op']['region']
     assert list(ops) == ['CompressedConv2dFunctionBackward']
+
+
+def test_measured_gradient_filter_is_its_patch_sums():
+    torch.manual_seed(0)
+    conv = GradFilterConv2d(6, 4, 3, stride=2, padding=1, patch_size=2)
+    x = torch.randn(2, 6, 13, 11).requires_grad_()
+    step = measure_step(conv, lambda: conv(x).sum(), [''])
+    # a 7x6 output: a grid of 4x3 patches of 2x2 output (4x4 input) pixels
+    assert conv.last_kept_bytes == _bytes((2, 6, 4, 3)) and conv.last_vanilla_bytes == _bytes(x.shape)
+    assert step.saved['total'] == conv.last_kept_bytes
+    assert step.saved['parameters'] == _bytes(conv.weight.shape)  # the weight itself, for the input gradient
+    layer = step.layers['']
+    assert (layer.type, layer.ranks, layer.kept_bytes, layer.vanilla_bytes) == (
+        'GradFilterConv2d', None, conv.last_kept_bytes, conv.last_vanilla_bytes)
+    assert list(step.saved['per_op']['region']) == ['GradFilterConv2dFunctionBackward']
+    # eval: a plain conv's figures, not the last training step's
+    conv.eval()
+    assert measure_step(conv, lambda: conv(x).sum(), ['']).layers[''].kept_bytes == _bytes(x.shape)
 
 
 def test_measured_equals_factors_for_wide_channel_modes():
@@ -236,6 +254,13 @@ def test_read_miou_from_logs_and_work_dirs(tmp_path):
         read_miou(str(empty))
 
 
+def test_run_labels_name_the_method_and_its_setting():
+    assert run_label({'method': 'hosvd', 'explained_variance': 0.8, 'num_layers': 10}) == 'hosvd eps0.8 10L'
+    assert run_label({'method': 'gradfilt', 'explained_variance': None, 'patch_size': 4, 'num_layers': 10}) == \
+        'gradfilt R4 10L'
+    assert run_label({'method': None}) == 'vanilla (no hook)'
+
+
 def test_pareto_front_and_plot(tmp_path):
     points = [(10.0, 50.0), (1.0, 40.0), (5.0, 45.0), (6.0, 44.0), (1.0, 39.0)]
     assert pareto_front(points) == [1, 2, 0]
@@ -304,6 +329,31 @@ def test_cli_missing_data_points_to_the_sample_maker(tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit):
         _tool_main()([SAMPLE_CONFIG, '--num-batches', '1'])
     assert 'make_sample_voc.py' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_measures_a_gradient_filter_config(sample_workspace, tmp_path, monkeypatch, capsys):
+    """The tool, in process, on the sample DeepLabV3 with method='gradfilt': every chosen conv keeps its
+    input summed over (2 stride)^2 patches, a quarter or less of it on these even-sized maps."""
+    config = tmp_path / 'deeplabv3_gradfilt.py'
+    config.write_text(f'_base_ = [{SAMPLE_CONFIG!r}]\n'
+                      "custom_hooks = [dict(type='ActivationCompressionHook', method='gradfilt', patch_size=2, "
+                      'num_layers=4)]\n')
+    out = tmp_path / 'out'
+    monkeypatch.chdir(sample_workspace)
+    _tool_main()([str(config), '--num-batches', '1', '--out-dir', str(out)])
+    printed = capsys.readouterr().out
+    assert 'method gradfilt  patch_size 2  eps -' in printed and 'GradFilterConv2dFunctionBackward' in printed
+    report = json.loads((out / 'memory.json').read_text())
+    assert (report['method'], report['patch_size'], report['explained_variance']) == ('gradfilt', 2, None)
+    assert report['center'] is False and len(report['layers']) == 4
+    for row in report['layers']:
+        assert row['type'] == 'GradFilterConv2d' and row['ranks'] is None
+        assert row['vanilla_bytes'] == _bytes(row['input_shape']) and row['ratio'] >= 4
+    totals = report['totals']
+    assert totals['estimate']['mean_bytes'] == sum(r['kept_bytes'] for r in report['layers'])
+    assert report['per_op']['region']['GradFilterConv2dFunctionBackward']['mean_bytes'] == \
+        totals['estimate']['mean_bytes']
 
 
 @pytest.mark.slow
