@@ -45,34 +45,120 @@ def test_summarise_gains_over_seeds_and_ratios_to_vanilla():
 
 
 def test_region_bns_keep_follows_the_hook_options():
-    keep = {key: finetune.region_bns_keep(overrides) for key, overrides in finetune.METHODS.items()}
+    keep = {key: finetune.region_bns_keep(method.hook) for key, method in finetune.METHODS.items()}
     assert keep['none'] == 'input whole' and keep['hosvd-0.8'] == 'input in 4 bits'
     assert keep['hosvd-0.8-exact-bn'] == 'input whole' and keep['hosvd-0.8-bn8'] == 'input in 8 bits'
     assert keep['hosvd-0.8-frozen-bn'] == keep['hosvd-0.8-precise-bn'] == 'nothing (running statistics)'
     assert finetune.region_bns_keep(dict(method='hosvd', lean_region=False)) == 'input whole'
 
 
+def test_rows_of_the_issue_and_what_they_set():
+    """The keys docs/finetune.json must hold, and the hook keys each run sets: the default rows are a bare hook
+    line with num_layers (every other key at the hook's default), the old rows spell out the settings they
+    measured (so a new default does not move them), 'all' is the model's conv count."""
+    methods = finetune.METHODS
+    for key in ('none-1L', 'none-2L', 'none-5L', 'none-20L', 'none-all', 'gradfilt-r2', 'gradfilt-r4',
+                'hosvd-0.9-bn4', 'hosvd-0.95-bn4', 'default-1L', 'default-2L', 'default-5L', 'default-10L',
+                'default-20L', 'default-all', 'none', 'hosvd-0.8', 'svd-0.9', 'hosvd-budget-1mib'):
+        assert key in methods, key
+    defaults = finetune.hook_defaults()
+    assert defaults['num_layers'] is None and 'method' in defaults
+    options = finetune.hook_overrides(methods['default-10L'])
+    assert options == dict(defaults, num_layers=10, layers=None, require_load_from=True)
+    assert finetune.hook_overrides(methods['default-all'], num_convs=58)['num_layers'] == 58
+    with pytest.raises(ValueError, match='conv count'):
+        finetune.hook_overrides(methods['none-all'])
+    assert finetune.hook_overrides(methods['none-5L']) == dict(method='none', layers=None, num_layers=5)
+    assert finetune.hook_overrides(methods['hosvd-0.8']) == dict(method='hosvd', explained_variance=0.8,
+                                                                 norm_input_bits=4, truncate_batch=True)
+    assert finetune.hook_overrides(methods['gradfilt-r4'])['patch_size'] == 4
+    assert finetune.cfg_options(dict(layers=None, layers2=['a.b', 'c'], eps=0.9), 'custom_hooks.0.') == [
+        'custom_hooks.0.layers=None', "custom_hooks.0.layers2=['a.b','c']", 'custom_hooks.0.eps=0.9']
+    assert methods['hosvd-0.8-lr2x'].lr_scale == 2.0 and methods['none-300it'].iters == 300
+    assert set(finetune.PSPNET_METHODS) == {'none', 'default-10L'}
+
+
+LOG = """12/06 20:24:04 - mmengine - INFO - per class results:
+12/06 20:24:04 - mmengine - INFO -
++-------------+-------+-------+
+|    Class    |  IoU  |  Acc  |
++-------------+-------+-------+
+|  background | 88.23 | 99.18 |
+|  aeroplane  |  nan  |  nan  |
+|    bottle   |  8.91 |  9.99 |
+|    person   |  0.0  |  0.0  |
++-------------+-------+-------+
+12/06 20:24:04 - mmengine - INFO - Iter(val) [30/30]    aAcc: 88.2700  mIoU: 32.3800
+"""
+
+
+def test_class_ious_come_from_the_last_table_mmseg_logged():
+    assert finetune.class_ious(LOG) == {'background': 88.23, 'bottle': 8.91, 'person': 0.0}
+    later = LOG.replace('88.23', '90.5')
+    assert finetune.class_ious(LOG + later)['background'] == 90.5
+    with pytest.raises(ValueError, match='per class results'):
+        finetune.class_ious('no table here')
+
+
+def _result(tmp_path):
+    runs = _runs()
+    for key in ('none-1L', 'default-1L', 'none-all', 'default-all'):
+        runs[key] = _runs()['hosvd-0.8']
+    for by_seed in runs.values():
+        for record in by_seed.values():
+            record['class_iou'] = {'background': 80.0, 'bottle': 10.0}
+    runs['none'][0]['class_iou'] = {'background': 84.0, 'bottle': 30.0}
+    step_s = {key: 1.0 for key in runs}
+    methods = finetune.summarise(runs, start_miou=25.0, step_s=step_s,
+                                 start_class_iou={'background': 80.0, 'bottle': 5.0})
+    memory = {'none': 100.0, 'hosvd-0.8': 20.0, 'none-1L': 8.0, 'default-1L': 0.5, 'none-all': 900.0,
+              'default-all': 6.0}
+    for key, row in methods.items():
+        row.update(region_mib=memory[key], ranks={'decode_head.conv_seg': [3, 14, 2, 1]} if key == 'hosvd-0.8' else {},
+                   region_bns_keep='input whole')
+    return dict(json='docs/x.json', curves=str(tmp_path / 'c.png'), pareto=str(tmp_path / 'p.png'),
+                wall_s=600, resumed=False, methods=methods, runs_count=12, runs_wall_s=7200.0,
+                default=finetune.hook_defaults(),
+                protocol=dict(seeds=[0, 1], iters=100, val_interval=50, jobs=2, batch_size=8, crop='128x128',
+                              lr=0.03, val_images=300, start_miou=25.0, source_miou=60.0, val_loo_miou=40.0,
+                              val_loo_max_delta=0.4, class_pixels={'background': 900, 'bottle': 100},
+                              start_class_iou={'background': 80.0, 'bottle': 5.0}))
+
+
 def test_written_report(tmp_path):
-    methods = finetune.summarise(_runs(), start_miou=25.0, step_s={'none': 1.0, 'hosvd-0.8': 2.5})
-    methods['none'].update(region_mib=100.0, ranks={}, region_bns_keep='input whole')
-    methods['hosvd-0.8'].update(region_mib=20.0, ranks={'decode_head.conv_seg': [3, 14, 2, 1]},
-                                region_bns_keep='input in 8 bits')
-    result = dict(json='docs/x.json', curves=str(tmp_path / 'c.png'), pareto=str(tmp_path / 'p.png'),
-                  wall_s=600, resumed=False, methods=methods,
-                  protocol=dict(seeds=[0, 1], iters=100, val_interval=50, jobs=2, batch_size=8, crop='128x128',
-                                lr=0.03, val_images=300, start_miou=25.0, source_miou=60.0, val_loo_miou=40.0,
-                                val_loo_max_delta=0.4))
+    result = _result(tmp_path)
     text = finetune.markdown(result, 'python benchmarks/finetune.py')
-    assert ('| hosvd-0.8 | input in 8 bits | 25.00 | 36.00 | +11.00 ± 1.00 | 65 % | 20.00 | 5.0x less | 2.50x '
+    assert ("| hosvd-0.8 | the paper's 10 | input whole | 36.00 | +11.00 ± 1.00 | 65 % | 20.00 | 5.0x less | 1.00x "
             '| 60.0 % |') in text
     assert '| decode_head.conv_seg | 3x14x2x1 |' in text
-    assert 'Written by `python benchmarks/finetune.py`' in text
-    finetune.plot_curves(methods, result['curves'])
-    assert osp.getsize(result['curves']) > 1000
+    assert 'Written by `python benchmarks/finetune.py` (10 min this invocation; the 12 fine-tuning runs' in text
+    assert '2.0 h in all' in text
+    # for the memory of vanilla over the last layer (8 MiB), the best compressed row within it
+    assert "| the last layer (`none-1L`) | +11.00 ± 1.00 | 8.00 | default-1L | last 1 | +11.00 ± 1.00 | 0.50 |" in text
+    assert '| the paper\'s 10 layers (`none`) | +17.00 ± 2.00 | 100.00 | default-1L |' in text  # ties: least memory
+    # the depth sweep and the paper's second claim, decided by the measured bytes
+    assert '| 1 | +11.00 ± 1.00 | 8.00 | +11.00 ± 1.00 | 0.50 | 100 % | 1.00x |' in text
+    assert ('(2) the default over all layers keeps 6.00 MiB in its region, vanilla over the last one 8.00 MiB: '
+            'true') in text
+    # per class: vanilla's bottle gain is 30-5 on seed 0 and 10-5 on seed 1
+    assert '| bottle | 10.0 % | 5.00 | +15.00 | +5.00 (33 %) |' in text
+    finetune.plot_curves(result['methods'], result['curves'])
+    finetune.plot_families(result['methods'], result['pareto'])
+    assert osp.getsize(result['curves']) > 1000 and osp.getsize(result['pareto']) > 1000
+
+
+def test_best_within_takes_only_plugin_settings_that_fit(tmp_path):
+    methods = _result(tmp_path)['methods']
+    methods['hosvd-0.8']['gain_mean'] = 12.0
+    assert finetune.best_within(methods, 7.0) == 'default-1L'  # ties with default-all on gain, keeps less
+    assert finetune.best_within(methods, 0.1) is None
+    assert finetune.best_within(methods, 20.0) == 'hosvd-0.8'
+    assert finetune.best_within(methods, 1000.0) == 'hosvd-0.8'  # vanilla rows are not the plugin's
 
 
 @pytest.mark.parametrize('args, message', [
     (['--iters', '100', '--val-interval', '30'], 'must be a positive multiple'),
+    (['--iters', '80', '--val-interval', '40'], 'must divide the iterations of'),
     (['--methods', 'hosvd-0.8'], 'must include none'),
     (['--jobs', '0'], '--jobs must be >= 1'),
 ])
