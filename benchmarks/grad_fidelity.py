@@ -7,16 +7,20 @@ decomposition spent on the rest: what the hook's ``center=True`` keeps).
     python benchmarks/grad_fidelity.py [--checkpoints CKPT ...] [--batches 3] [--eps 0.7 0.8 0.9]
         [--subspace-batches 5] [--out docs/grad_fidelity.md]
 
-A second section compares HOSVD's subspace options (the layers' ``subspace='exact'``, ``'warm'``,
+A second section asks which mode's truncation loses the weight gradient: the centred HOSVD at each ε with
+only some of the four modes truncated (all four: the paper's; the batch mode alone; the channel mode alone;
+height and width; channel, height and width: the batch mode kept whole, the hook's ``truncate_batch=False``).
+
+A third section compares HOSVD's subspace options (the layers' ``subspace='exact'``, ``'warm'``,
 ``'frozen'``, issue 14) at eps 0.8, centred: the inputs of ``--subspace-batches`` consecutive training
 batches go through a :class:`~mmseg_actcomp.ops.HOSVDConv2d` twin of each layer in order, as training would
 feed it (``'frozen'`` estimating on the first 2, ``'warm'`` starting each batch from the previous one's
-bases), and the weight gradient each computes on the batches after the first 2 is compared with the exact
-one.
+bases), with the hook's default ``truncate_batch``, and the weight gradient each computes on the batches
+after the first 2 is compared with the exact one.
 
-By default the checkpoints are the learning benchmark's calibrated start and the ends of its first HOSVD
-eps 0.8 runs, uncentred (the paper's decomposition) and centred (the default) (benchmarks/finetune.py
-writes them): the ranks and gradients before and after compressed fine-tuning.
+By default the checkpoints are the learning benchmark's calibrated start, the ends of its first HOSVD eps 0.8
+runs, uncentred (the paper's decomposition) and centred, and the end of its first run of the hook's default
+(benchmarks/finetune.py writes them): the ranks and gradients before and after compressed fine-tuning.
 
 The network runs vanilla (``method='none'`` on the same 10 layers, so nothing in the forward changes);
 each layer's input ``x: (B, C, H, W)`` and output gradient are captured, and ``grad_W`` is recomputed
@@ -24,6 +28,7 @@ from ``x`` and from its reconstruction ``x_hat`` with ``torch.nn.grad.conv2d_wei
 four modes, SVD the batch mode (:mod:`mmseg_actcomp.compression`).
 """
 import argparse
+import inspect
 import os.path as osp
 import sys
 import time
@@ -35,7 +40,10 @@ from torch.nn.grad import conv2d_weight
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = 'configs/finetune/deeplabv3_mv2-d8_none-10L_1xb8-100it_vocfinetune-128x128.py'
 CHECKPOINTS = ['work_dirs/finetune/calibrate/iter_100.pth', 'work_dirs/finetune/hosvd-0.8-uncentred/seed0/iter_100.pth',
-               'work_dirs/finetune/hosvd-0.8/seed0/iter_100.pth']
+               'work_dirs/finetune/hosvd-0.8/seed0/iter_100.pth', 'work_dirs/finetune/default-10L/seed0/iter_100.pth']
+#: the modes section: which modes the centred HOSVD truncates, by name
+MODE_SETS = {'all four (the paper)': (0, 1, 2, 3), 'batch': (0,), 'channel': (1,), 'height and width': (2, 3),
+             'channel, height, width (batch whole)': (1, 2, 3)}
 
 
 class InputAndGradient:
@@ -100,6 +108,48 @@ def measure(captured, eps_values=(0.7, 0.8, 0.9), methods=('hosvd', 'svd')):
             for (path, method, eps, variant), cells in figures.items()]
 
 
+def measure_modes(captured, eps_values=(0.8,)):
+    """Rows ``{layer, eps, modes, cos, kib}``: the weight gradient from the centred HOSVD of each layer's
+    input truncated along each of :data:`MODE_SETS` only (as the layers decompose it: the mean kept in the
+    decomposition), against the exact one; the mean over the batches of ``captured`` (KiB: the largest)."""
+    from mmseg_actcomp.compression import compress, reconstruct
+    figures = {}
+    for convs, inputs in captured:
+        for path, conv in convs.items():
+            x, dy = inputs[path]
+            exact = weight_gradient(conv, x, dy).flatten()
+            for eps in eps_values:
+                for name, modes in MODE_SETS.items():
+                    tucker = compress(x, eps, modes, center=True)
+                    approx = weight_gradient(conv, reconstruct(tucker), dy).flatten()
+                    figures.setdefault((path, eps, name), []).append(
+                        (float(torch.nn.functional.cosine_similarity(approx, exact, dim=0)), tucker.nbytes))
+    return [dict(layer=path, eps=eps, modes=name, cos=mean(c[0] for c in cells),
+                 kib=max(c[1] for c in cells) / 1024) for (path, eps, name), cells in figures.items()]
+
+
+def modes_section(rows):
+    """The markdown of :func:`measure_modes`' rows for one checkpoint."""
+    lines = []
+    for eps in dict.fromkeys(r['eps'] for r in rows):
+        lines += [f'### HOSVD ε {eps:g}, centred: which truncated mode loses the weight gradient', '',
+                  'Each column truncates only the named modes of the input at ε and keeps the others whole; '
+                  'cos against the exact weight gradient, KiB kept (the largest over the batches).', '',
+                  '| layer | ' + ' | '.join(f'{m} cos | KiB' for m in MODE_SETS) + ' |',
+                  '| --- |' + ' --- | --- |' * len(MODE_SETS)]
+        by_key = {(r['layer'], r['modes']): r for r in rows if r['eps'] == eps}
+        for layer in dict.fromkeys(r['layer'] for r in rows):
+            cells = [by_key[(layer, m)] for m in MODE_SETS]
+            lines.append(f'| {layer} | ' + ' | '.join(f'{c["cos"]:.3f} | {c["kib"]:.1f}' for c in cells) + ' |')
+        lines.append('')
+        for m in MODE_SETS:
+            cells = [r for r in rows if r['eps'] == eps and r['modes'] == m]
+            lines.append(f'- {m}: mean cos {mean(r["cos"] for r in cells):.3f}, '
+                         f'{sum(r["kib"] for r in cells):.1f} KiB kept by the {len(cells)} layers')
+        lines.append('')
+    return lines
+
+
 #: the subspace section: options compared, the threshold, and the batches 'frozen' estimates on (and
 #: that are left out of the figures for every option)
 SUBSPACES, SUBSPACE_EPS, ESTIMATE_BATCHES = ('exact', 'warm', 'frozen'), 0.8, 2
@@ -110,12 +160,15 @@ def measure_subspaces(captured):
     layer's twin :class:`~mmseg_actcomp.ops.HOSVDConv2d` per subspace option fed the layer's inputs of the
     consecutive batches of ``captured`` (:func:`captured_batches`); figures the mean over the batches after
     the first :data:`ESTIMATE_BATCHES` (ranks: the largest), ``energy`` the layer's ``last_kept_energy``."""
+    from mmseg_actcomp.hooks import ActivationCompressionHook
     from mmseg_actcomp.ops import HOSVDConv2d
+    truncate_batch = inspect.signature(ActivationCompressionHook).parameters['truncate_batch'].default
     rows = []
     for path, conv in captured[0][0].items():
         for subspace in SUBSPACES:
             twin = HOSVDConv2d.from_conv(conv, SUBSPACE_EPS, center=True, subspace=subspace,
-                                         subspace_batches=ESTIMATE_BATCHES if subspace == 'frozen' else 8)
+                                         subspace_batches=ESTIMATE_BATCHES if subspace == 'frozen' else 8,
+                                         truncate_batch=truncate_batch)
             twin.train()
             cells = []
             for index, (_, inputs) in enumerate(captured):
@@ -156,7 +209,7 @@ def captured_batches(checkpoint, batches):
 
 def subspace_section(rows, batches):
     """The markdown of :func:`measure_subspaces`' rows for one checkpoint."""
-    lines = [f'### HOSVD ε {SUBSPACE_EPS:g}, centred: subspace options', '',
+    lines = [f'### HOSVD ε {SUBSPACE_EPS:g}, centred, the hook\'s truncate_batch: subspace options', '',
              f'{batches} consecutive batches through each layer\'s twin, figures over the last '
              f'{batches - ESTIMATE_BATCHES} (`frozen` estimated its bases on the first {ESTIMATE_BATCHES}; '
              '`warm` starts each batch from the previous one\'s bases). energy: the layer\'s '
@@ -177,8 +230,8 @@ def subspace_section(rows, batches):
 
 
 def markdown(results, command, seconds):
-    """The page: ``results`` is ``[(checkpoint, rows of measure(), rows of measure_subspaces(), its batches),
-    ...]``."""
+    """The page: ``results`` is ``[(checkpoint, rows of measure(), rows of measure_modes(), rows of
+    measure_subspaces(), its batches), ...]``."""
     lines = ['# Weight-gradient fidelity of compressed convs, per layer', '',
              f'Written by `{command}` ({seconds:.0f} s on this machine). Do not edit: rerun the command.', '',
              'KiB: what the layer keeps of its input (core and factors; centred: also the mean). '
@@ -186,9 +239,10 @@ def markdown(results, command, seconds):
              'norm: its norm over the exact one\'s; energy: ||x_hat||^2 / ||x||^2; ranks: the largest '
              'over the batches (B, C, H, W for HOSVD; B for SVD). *centred*: the per-channel mean over '
              '(B, H, W) kept exactly, the rest decomposed at the same ε.', '']
-    for checkpoint, rows, subspace_rows, batches in results:
+    for checkpoint, rows, mode_rows, subspace_rows, batches in results:
         lines += [f'## Weights: `{checkpoint}`', '']
         lines += _method_sections(rows)
+        lines += modes_section(mode_rows)
         lines += subspace_section(subspace_rows, batches)
     return '\n'.join(lines)
 
@@ -243,6 +297,7 @@ def main(argv=None):
     for checkpoint in args.checkpoints:  # one vanilla pass per batch, shared by both sections
         captured = captured_batches(osp.join(REPO, checkpoint), max(args.batches, args.subspace_batches))
         results.append((checkpoint, measure(captured[:args.batches], tuple(args.eps)),
+                        measure_modes(captured[:args.batches], tuple(args.eps)),
                         measure_subspaces(captured[:args.subspace_batches]), args.subspace_batches))
     command = 'python benchmarks/grad_fidelity.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     text = markdown(results, command.strip(), time.time() - start)

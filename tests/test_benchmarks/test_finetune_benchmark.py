@@ -196,13 +196,36 @@ def test_grad_fidelity_page_has_a_section_per_checkpoint():
                  energy=0.9, ranks=[1, 2, 1, 1], kib=1.5) for variant, cos in (('plain', 0.25), ('centred', 0.75))]
     subspace_rows = [dict(layer='decode_head.conv_seg', subspace=s, cos=0.5, norm_ratio=1.0, energy=0.9,
                           ranks=[4, 8, 3, 3]) for s in grad_fidelity.SUBSPACES]
-    text = grad_fidelity.markdown([('a.pth', rows, subspace_rows, 5), ('b.pth', rows, subspace_rows, 5)],
+    mode_rows = [dict(layer='decode_head.conv_seg', eps=0.8, modes=m, cos=0.5 + i / 10, kib=2.0)
+                 for i, m in enumerate(grad_fidelity.MODE_SETS)]
+    text = grad_fidelity.markdown([('a.pth', rows, mode_rows, subspace_rows, 5),
+                                   ('b.pth', rows, mode_rows, subspace_rows, 5)],
                                   'python benchmarks/grad_fidelity.py', 3)
     assert text.count('## Weights: ') == 2 and '## Weights: `b.pth`' in text
     assert text.count(': subspace options') == 2
+    assert text.count('which truncated mode loses the weight gradient') == 2
+    assert '| decode_head.conv_seg | 0.500 | 2.0 | 0.600 | 2.0 | 0.700 | 2.0 | 0.800 | 2.0 | 0.900 | 2.0 |' in text
+    assert '- channel, height, width (batch whole): mean cos 0.900, 2.0 KiB kept by the 1 layers' in text
     assert ('| decode_head.conv_seg | 0.8 | 1x2x1x1 | 1.5 | 0.900 | 0.250 | 0.500 | 1x2x1x1 | 1.5 | 0.900 | 0.750 |'
             in text)
     assert '- hosvd ε 0.8, centred: mean cos 0.750' in text
+
+
+def test_grad_fidelity_modes_truncate_only_the_named_modes():
+    """Exact at eps 1 whichever modes are truncated; truncating the batch mode alone keeps more bytes than
+    truncating all four (the other three stay whole)."""
+    import torch
+
+    from conftest import low_rank_activation
+    x = low_rank_activation((4, 6, 5, 5), seed=1)
+    conv = torch.nn.Conv2d(6, 3, 3, padding=1)
+    dy = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    rows = grad_fidelity.measure_modes([({'c': conv}, {'c': (x, dy)})], (0.7, 1.0))
+    by = {(r['eps'], r['modes']): r for r in rows}
+    assert len(rows) == 2 * len(grad_fidelity.MODE_SETS)
+    for m in grad_fidelity.MODE_SETS:
+        assert by[(1.0, m)]['cos'] == pytest.approx(1.0, abs=1e-5)
+    assert by[(0.7, 'batch')]['kib'] > by[(0.7, 'all four (the paper)')]['kib']
 
 
 def test_grad_fidelity_subspace_section_has_a_row_per_layer_and_a_mean_per_option():
