@@ -29,7 +29,6 @@ holds every method finished there: ``--resume --methods KEY ...`` adds rows to t
 """
 import argparse
 import glob
-import inspect
 import json
 import os
 import os.path as osp
@@ -174,8 +173,8 @@ TIMED_ITERS, TIME_WINDOW = 12, 4
 
 def hook_defaults() -> dict:
     """The keyword defaults of ``ActivationCompressionHook``: what a bare hook line does."""
-    from mmseg_actcomp.hooks import ActivationCompressionHook
-    return {k: p.default for k, p in inspect.signature(ActivationCompressionHook).parameters.items()}
+    from mmseg_actcomp.hooks import default_options
+    return default_options()
 
 
 def hook_overrides(method: Method, num_convs: Optional[int] = None) -> dict:

@@ -28,7 +28,6 @@ from ``x`` and from its reconstruction ``x_hat`` with ``torch.nn.grad.conv2d_wei
 four modes, SVD the batch mode (:mod:`mmseg_actcomp.compression`).
 """
 import argparse
-import inspect
 import os.path as osp
 import sys
 import time
@@ -160,9 +159,9 @@ def measure_subspaces(captured):
     layer's twin :class:`~mmseg_actcomp.ops.HOSVDConv2d` per subspace option fed the layer's inputs of the
     consecutive batches of ``captured`` (:func:`captured_batches`); figures the mean over the batches after
     the first :data:`ESTIMATE_BATCHES` (ranks: the largest), ``energy`` the layer's ``last_kept_energy``."""
-    from mmseg_actcomp.hooks import ActivationCompressionHook
+    from mmseg_actcomp.hooks import default_options
     from mmseg_actcomp.ops import HOSVDConv2d
-    truncate_batch = inspect.signature(ActivationCompressionHook).parameters['truncate_batch'].default
+    truncate_batch = default_options()['truncate_batch']
     rows = []
     for path, conv in captured[0][0].items():
         for subspace in SUBSPACES:

@@ -241,6 +241,9 @@ def rank_tables(config: str = DEFAULT_CONFIG, eps: Sequence[float] = (0.7, 0.8, 
     cfg.model.data_preprocessor.size = (crop, crop)
     for entry in cfg.get('custom_hooks', None) or []:
         if entry.get('type') == 'ActivationCompressionHook':
+            # the config's layers, the hook's defaults for every setting but the method (eps is swept)
+            for key in set(entry) - {'type', 'layers', 'num_layers', 'require_load_from'}:
+                del entry[key]
             entry['method'] = method
     checkpoint = checkpoint or backbone_checkpoint(cfg)
     inputs = {
@@ -260,7 +263,9 @@ def rank_tables(config: str = DEFAULT_CONFIG, eps: Sequence[float] = (0.7, 0.8, 
             per_eps[e] = dict(rows=rows, totals=totals(rows))
         shape = list(tensors[0].shape)
         sources[name] = dict(description=description, batch_shape=shape, eps=per_eps)
-    meta = dict(config=config, method=method, crop=crop, batches=num_batches, batch_size=batch_size,
+    from mmseg_actcomp.hooks import default_options
+    meta = dict(config=config, method=method, truncate_batch=default_options()['truncate_batch'], crop=crop,
+                batches=num_batches, batch_size=batch_size,
                 split=split, sample_root=sample_root, seed=seed, checkpoint=checkpoint, eps=list(eps))
     return dict(meta=meta, sources=sources)
 
@@ -306,7 +311,8 @@ def summary_lines(result: dict) -> List[str]:
 def format_result(result: dict) -> str:
     """The tables (per source, per ε), the head note and the summary lines, as markdown."""
     meta = result['meta']
-    parts = [f"config `{meta['config']}`, method {meta['method']}, crop {meta['crop']}, seed {meta['seed']}, "
+    parts = [f"config `{meta['config']}`'s layers, method {meta['method']} with the hook's defaults otherwise "
+             f"(truncate_batch={meta['truncate_batch']}), crop {meta['crop']}, seed {meta['seed']}, "
              f"backbone weights `{meta['checkpoint']}`", HEAD_NOTE]
     for name, source in result['sources'].items():
         shape = 'x'.join(map(str, source['batch_shape']))
@@ -358,7 +364,8 @@ INTRO = """# HOSVD ranks of DeepLabV3-MobileNetV2 on real images: ImageNet backb
 The method (Nguyen et al., NeurIPS 2024) fine-tunes a *pretrained* network; the ranks HOSVD keeps depend on
 the activations' spectra, so ranks measured on a random-initialised network do not tell what fine-tuning
 will keep. `benchmarks/ranks_real.py` builds the config's segmentor twice with the same seed, applies its
-`ActivationCompressionHook` (the paper's 10 layers), and runs one train-mode forward with grad (no
+`ActivationCompressionHook` (the paper's 10 layers, the hook's defaults for its other keys), and runs one
+train-mode forward with grad (no
 backward) per batch and per ε, reading the ranks and kept / vanilla bytes each layer records:
 
 * **pretrained**: backbone from the converted torchvision ImageNet MobileNetV2

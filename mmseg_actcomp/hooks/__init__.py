@@ -1,3 +1,3 @@
-from .activation_compression_hook import ActivationCompressionHook
+from .activation_compression_hook import ActivationCompressionHook, default_options
 
-__all__ = ['ActivationCompressionHook']
+__all__ = ['ActivationCompressionHook', 'default_options']

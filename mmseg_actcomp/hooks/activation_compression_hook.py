@@ -2,6 +2,7 @@
 import contextlib
 import copy
 import gc
+import inspect
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -246,6 +247,11 @@ class ActivationCompressionHook(Hook):
         stats = self.region.stats()
         if stats is not None:
             runner.message_hub.update_scalars({f'train/actcomp_{k}': v for k, v in stats.items()})
+
+
+def default_options() -> dict:
+    """Every key of :class:`ActivationCompressionHook` with its default: what a bare hook line does."""
+    return {k: p.default for k, p in inspect.signature(ActivationCompressionHook).parameters.items()}
 
 
 def bare_model(runner):
