@@ -59,11 +59,11 @@ class FineTuneRegion:
     (``norm_method`` ``'none'``: the BNs know only decompositions, and the filter has none).
     """
 
-    def __init__(self, method: str = 'hosvd', explained_variance: float = 0.8,
+    def __init__(self, method: str = 'hosvd', explained_variance: float = 0.9,
                  num_layers: Optional[int] = None, layers: Optional[Sequence[str]] = None,
                  freeze_others: bool = True, lean_region: bool = True,
                  freeze_region_norm_stats: bool = False, precise_norm_batches: int = 0,
-                 norm_input_bits: Optional[int] = 4, center: bool = True, subspace: str = 'exact',
+                 norm_input_bits: Optional[int] = 2, center: bool = True, subspace: str = 'exact',
                  subspace_batches: int = 8, memory_budget_mib: Optional[float] = None,
                  budget_batches: int = 2, truncate_batch: bool = False, patch_size: int = 2) -> None:
         if method not in CONV_TYPES:

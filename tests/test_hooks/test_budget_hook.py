@@ -80,7 +80,7 @@ def test_the_hook_chooses_logs_checkpoints_and_restores_the_choice(deeplab, monk
     resumed.before_train(resumed_runner)  # resumed: no calibration (its loader would fail)
     assert resumed.region.budget_choice == choice
     assert all(resumed_model.get_submodule(p).explained_variance == eps for p, eps in choice.items())
-    no_budget = ActivationCompressionHook(num_layers=3)
+    no_budget = ActivationCompressionHook(num_layers=3, explained_variance=0.8)
     no_budget.before_run(fake_runner(no_budget, copy.deepcopy(deeplab)))
     no_budget.after_load_checkpoint(None, checkpoint)  # no budget asked: the config's eps stays
     assert no_budget.region.budget_choice == {} and no_budget.region.fine_tuned[
