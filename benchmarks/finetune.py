@@ -145,8 +145,9 @@ METHODS: Dict[str, Method] = {
     # issue 22: HOSVD by eps with the 4-bit BNs, Gradient Filter by patch size, the depth sweeps
     'hosvd-0.9-bn4': Method(_hosvd(explained_variance=0.9), 'hosvd'),
     'hosvd-0.95-bn4': Method(_hosvd(explained_variance=0.95), 'hosvd'),
-    'gradfilt-r2': Method(dict(BEFORE, method='gradfilt', patch_size=2), 'gradfilt'),
-    'gradfilt-r4': Method(dict(BEFORE, method='gradfilt', patch_size=4), 'gradfilt'),
+    # Gradient Filter with the default's lean region (its BNs' bits: what the default keeps around its convs)
+    'gradfilt-r2': Method(dict(method='gradfilt', patch_size=2), 'gradfilt'),
+    'gradfilt-r4': Method(dict(method='gradfilt', patch_size=4), 'gradfilt'),
     # the batch mode kept whole (truncate_batch=False): each sample keeps its own coordinates
     'hosvd-0.8-whole-batch': Method(_hosvd(truncate_batch=False), 'hosvd-whole-batch'),
     'hosvd-0.85-whole-batch-bn2': Method(_hosvd(explained_variance=0.85, truncate_batch=False, norm_input_bits=2),
