@@ -507,7 +507,9 @@ def plot_families(methods, path, default_key='default-10L'):
         rows = sorted(((row['region_mib'], row['gain_mean'], key) for key, row in methods.items()
                        if METHODS[key].family == family), key=lambda r: r[0])
         if rows:
-            ax.plot([r[0] for r in rows], [r[1] for r in rows], marker='o', label=label)
+            line, = ax.plot([r[0] for r in rows], [r[1] for r in rows], marker='o', label=label)
+            ax.errorbar([r[0] for r in rows], [r[1] for r in rows], [methods[r[2]]['gain_std'] for r in rows],
+                        fmt='none', ecolor=line.get_color(), alpha=0.35, capsize=2)
     others = [(row['region_mib'], row['gain_mean'], key) for key, row in methods.items()
               if METHODS[key].family is None]
     if others:
@@ -521,7 +523,7 @@ def plot_families(methods, path, default_key='default-10L'):
                    linewidths=2, label=f'the default ({default_key})', zorder=5)
     ax.set_xscale('log')
     ax.set_xlabel('measured memory of the fine-tuned region (MiB, log scale)')
-    ax.set_ylabel('mIoU gain over the calibrated start (mean over seeds)')
+    ax.set_ylabel('mIoU gain over the calibrated start (mean and std over seeds)')
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -654,8 +656,9 @@ def depth_section(methods) -> List[str]:
 
 def class_section(methods, class_pixels, start_class_iou) -> List[str]:
     """Each class's IoU gain per main method, with the class's share of the val pixels."""
-    keys = [k for k in ('none', 'default-10L', 'hosvd-0.8', 'hosvd-0.9-bn4', 'hosvd-0.95-bn4', 'svd-0.9',
-                        'gradfilt-r2', 'gradfilt-r4') if 'class_gain' in methods.get(k, {})]
+    keys = [k for k in ('none', 'default-10L', 'hosvd-0.8', 'hosvd-0.8-whole-batch', 'hosvd-0.9-whole-batch-bn2',
+                        'hosvd-0.9-bn4', 'hosvd-0.95-bn4', 'svd-0.9', 'gradfilt-r2', 'gradfilt-r4')
+            if 'class_gain' in methods.get(k, {})]
     if not keys or not start_class_iou:
         return []
     total = sum(class_pixels.values())
@@ -726,7 +729,8 @@ def pspnet_section(psp) -> List[str]:
 def markdown(result, command):
     m, p = result['methods'], result['protocol']
     hours = result.get('runs_wall_s')
-    lines = ['# Fine-tuning learns: gain over the calibrated start, memory and step time per method', '',
+    lines = ['# Does it beat fine-tuning without it? Gain over the calibrated start, memory and step time per '
+             'method', '',
              f'Written by `{command}` ({result["wall_s"] / 60:.0f} min this invocation'
              + (', reusing the runs, memory reports and step times an earlier invocation finished'
                 if result['resumed'] else '')
