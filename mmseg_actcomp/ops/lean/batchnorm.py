@@ -38,10 +38,10 @@ from torch.autograd.function import Function, once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair
 
-from ..compression import (METHODS, Quantized, Tucker, autocast_disabled, compress, dequantize, mode_product,
-                           multi_mode_product, pack_codes, quantize, unpack_codes, validate_bits,
-                           validate_explained_variance)
-from .functional import CHANNEL_MODE, autocast_conv_args, compressed_conv2d
+from ...compression import (METHODS, Quantized, Tucker, autocast_disabled, compress, dequantize, mode_product,
+                            multi_mode_product, pack_codes, quantize, unpack_codes, validate_bits,
+                            validate_explained_variance)
+from ..functional import CHANNEL_MODE, autocast_conv_args, compressed_conv2d
 
 #: what a lean BN keeps of ``x_hat`` when ``gamma`` is trainable: a truncated decomposition, or (``'none'``)
 #: the whole tensor, as stock BN would.
