@@ -14,7 +14,7 @@ from ..compression import (METHODS, DecompositionError, SubspaceEstimate, Tucker
                            truncated_modes, validate_explained_variance)
 from ..utils.validate import require_integer
 from .functional import autocast_conv_args, compressed_conv2d
-from .lean import conv_twin, explicit_padding, frozen_weight_conv2d
+from .lean.frozen_conv import conv_twin, explicit_padding, frozen_weight_conv2d
 
 
 class CompressedConv2d(nn.Conv2d):
@@ -149,8 +149,8 @@ class CompressedConv2d(nn.Conv2d):
     def prepare_input(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor], Tuple[int, int]]:
         """``(x, weight, bias, padding)`` as a compressing forward convolves and decomposes them: cast as
         autocast casts a convolution's arguments, ``x: (B, C, H, W)`` padded as far as the convolution
-        cannot do it (:func:`~mmseg_actcomp.ops.lean.explicit_padding`) and the numeric zero padding left
-        for it."""
+        cannot do it (:func:`~mmseg_actcomp.ops.lean.frozen_conv.explicit_padding`) and the numeric zero
+        padding left for it."""
         x, weight, bias = autocast_conv_args(x, self.weight, self.bias)
         x, padding = explicit_padding(self, x)
         return x, weight, bias, padding

@@ -41,7 +41,8 @@ from ..compression import autocast_disabled
 from ..utils.validate import require_integer
 from .conv import register_layers
 from .functional import autocast_conv_args
-from .lean import conv_twin, explicit_padding, frozen_weight_conv2d, validated_attribute
+from .lean.common import validated_attribute
+from .lean.frozen_conv import conv_twin, explicit_padding, frozen_weight_conv2d
 
 Pair = Tuple[int, int]
 

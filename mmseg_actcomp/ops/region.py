@@ -21,7 +21,8 @@ from .convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all
                       trace_conv_order)
 from .conv import CompressedConv2d, validate_subspace
 from .gradfilt import GradFilterConv2d, validate_patch_size
-from .lean import LeanBatchNorm2d, make_lean
+from .lean.batchnorm import LeanBatchNorm2d
+from .lean.make import make_lean
 from .precise_bn import preserved_training_modes
 
 
