@@ -576,7 +576,11 @@ def default_line(result) -> List[str]:
                      f'hook default in `docs/finetune.json` under `default`): gain {_gain(row)} = '
                      f'{row["gain_pct_of_vanilla"]:.0f} % of vanilla\'s on the paper\'s 10 layers '
                      f'({vanilla["gain_mean"]:+.2f}; target >= 90 %), region {row["region_mib"]:.2f} MiB = '
-                     f'{less:.1f}x less than vanilla\'s {vanilla["region_mib"]:.2f} (target >= 20x).')
+                     f'{less:.1f}x less than vanilla\'s {vanilla["region_mib"]:.2f} (target >= 20x).'
+                     + ('' if 'none-10L' not in m else f' Against vanilla on the same last 10 layers (`none-10L`, '
+                        f'{m["none-10L"]["gain_mean"]:+.2f}, {m["none-10L"]["region_mib"]:.2f} MiB): '
+                        f'{100 * row["gain_mean"] / m["none-10L"]["gain_mean"]:.0f} % of its gain, '
+                        f'{m["none-10L"]["region_mib"] / row["region_mib"]:.1f}x less memory.'))
     psp = result.get('pspnet', {}).get('methods', {})
     if 'default-10L' in psp and 'none' in psp:
         row, vanilla = psp['default-10L'], psp['none']
