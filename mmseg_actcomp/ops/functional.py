@@ -31,10 +31,11 @@ CHANNEL_MODE = 1
 _SPATIAL_MODES = (2, 3)
 
 
-def autocast_conv_args(x: Tensor, weight: Tensor, bias: Optional[Tensor]
-                       ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """``(x, weight, bias)`` cast as autocast casts a convolution's arguments (unchanged outside autocast),
-    so that a custom conv's backward meets the dtypes its forward ran in. Shapes unchanged."""
+def autocast_layer_args(x: Tensor, weight: Tensor, bias: Optional[Tensor]
+                        ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """``(x, weight, bias)`` cast as autocast casts a convolution's or a linear layer's arguments (both are on
+    its lower-precision list; unchanged outside autocast), so that a custom layer's backward meets the
+    dtypes its forward ran in. Shapes unchanged."""
     if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
         return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
@@ -76,13 +77,30 @@ def conv2d_weight_from_tucker(tucker: Tucker, weight_size: Sequence[int], grad_o
     return mode_product(reduced, channel_basis, CHANNEL_MODE)
 
 
+def save_weight_and_tucker(ctx, weight: Tensor, tucker: Tucker) -> None:
+    """What a compressed layer's autograd function keeps: the weight only if its input needs a gradient
+    (``grad_input`` reads nothing else), the tensors of ``tucker`` only if the weight needs one, nothing
+    derived from the input otherwise, so ``torch.autograd.graph.saved_tensors_hooks`` see exactly what is
+    kept. Read back by :func:`saved_weight_and_tucker`."""
+    needs_x_grad, needs_weight_grad = ctx.needs_input_grad[:2]
+    ctx.weight_shape = weight.shape
+    ctx.tucker_modes = tucker.modes
+    kept_tucker = tucker.tensors if needs_weight_grad else ()
+    ctx.save_for_backward(weight if needs_x_grad else None, *kept_tucker)
+
+
+def saved_weight_and_tucker(ctx) -> Tuple[Optional[Tensor], Optional[Tucker]]:
+    """``(weight, tucker)`` as :func:`save_weight_and_tucker` kept them (None where not kept)."""
+    weight, *tucker_tensors = ctx.saved_tensors
+    return weight, Tucker.from_tensors(tucker_tensors, ctx.tucker_modes) if tucker_tensors else None
+
+
 class CompressedConv2dFunction(Function):
     """``F.conv2d`` saving a :class:`Tucker` decomposition of the input instead of the input.
 
     ``apply(x, weight, bias, tucker, stride, padding, dilation, groups)``; ``tucker`` decomposes ``x``
-    and is computed by the caller (under no_grad). ``save_for_backward`` receives the weight (only if
-    ``x`` needs a gradient) and the tensors of ``tucker``, nothing derived from ``x`` otherwise, so
-    ``torch.autograd.graph.saved_tensors_hooks`` see exactly what is kept. Not twice differentiable.
+    and is computed by the caller (under no_grad). Saves what :func:`save_weight_and_tucker` says. Not
+    twice differentiable.
     """
 
     @staticmethod
@@ -96,23 +114,17 @@ class CompressedConv2dFunction(Function):
         x, weight, _, tucker, stride, padding, dilation, groups = inputs
         ctx.conv_args = (stride, padding, dilation, groups)
         ctx.input_shape = x.shape
-        ctx.weight_shape = weight.shape
-        ctx.tucker_modes = tucker.modes
-        needs_x_grad, needs_weight_grad = ctx.needs_input_grad[:2]
-        kept_weight = weight if needs_x_grad else None
-        kept_tucker = tucker.tensors if needs_weight_grad else ()
-        ctx.save_for_backward(kept_weight, *kept_tucker)
+        save_weight_and_tucker(ctx, weight, tucker)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output: Tensor):
-        weight, *tucker_tensors = ctx.saved_tensors
+        weight, tucker = saved_weight_and_tucker(ctx)
         needs_x_grad, needs_weight_grad, needs_bias_grad = ctx.needs_input_grad[:3]
         grad_x = grad_weight = grad_bias = None
         if needs_x_grad:
             grad_x = conv2d_input(ctx.input_shape, weight, grad_output, *ctx.conv_args)
         if needs_weight_grad:
-            tucker = Tucker.from_tensors(tucker_tensors, ctx.tucker_modes)
             # A backward called inside an autocast region would otherwise recast the factors.
             with autocast_disabled(grad_output.device.type):
                 grad_weight = conv2d_weight_from_tucker(tucker, ctx.weight_shape, grad_output,
@@ -141,3 +153,4 @@ def compressed_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], tucker:
     """
     return CompressedConv2dFunction.apply(x, weight, bias, tucker, _pair(stride), _pair(padding),
                                           _pair(dilation), groups)
+

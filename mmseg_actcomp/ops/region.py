@@ -19,7 +19,8 @@ from ..utils.validate import require_integer
 from .budget import MIB, Cost, budget_table, calibration_costs, choose_explained_variance, unchanged
 from .convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all_but, select_last, swap_convs,
                       trace_conv_order)
-from .conv import CompressedConv2d, validate_subspace
+from .compressed import validate_subspace
+from .conv import CompressedConv2d
 from .gradfilt import GradFilterConv2d, validate_patch_size
 from .lean.batchnorm import LeanBatchNorm2d
 from .lean.make import make_lean
