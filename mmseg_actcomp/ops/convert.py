@@ -7,14 +7,15 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from torch import nn
 
-from .conv import CompressedConv2d, HOSVDConv2d, SVDConv2d
+from .compressed import CompressedLayer
+from .conv import HOSVDConv2d, SVDConv2d
 from .gradfilt import GradFilterConv2d
 
 #: method name -> layer type that replaces an ``nn.Conv2d`` (None: keep the plain conv)
 CONV_TYPES = {'hosvd': HOSVDConv2d, 'svd': SVDConv2d, 'gradfilt': GradFilterConv2d, 'none': None}
 #: the layer types that record what they keep of their input for backward (``last_kept_bytes``,
 #: ``last_vanilla_bytes``, ``last_input_shape``; HOSVD/SVD also ``last_ranks``)
-KEEPING_TYPES = (CompressedConv2d, GradFilterConv2d)
+KEEPING_TYPES = (CompressedLayer, GradFilterConv2d)
 
 
 def trace_conv_order(model: nn.Module, run_forward: Callable[[], object]) -> List[str]:
@@ -120,7 +121,7 @@ def compression_stats(layers: Dict[str, nn.Module]) -> Optional[Dict[str, float]
     if not recorded:
         return None
     stats = {}
-    ranked = [m for m in recorded if isinstance(m, CompressedConv2d) and m.last_ranks is not None]
+    ranked = [m for m in recorded if isinstance(m, CompressedLayer) and m.last_ranks is not None]
     for mode in range(max((len(m.last_ranks) for m in ranked), default=0)):
         ranks = [m.last_ranks[mode] for m in ranked if len(m.last_ranks) > mode]
         stats[f'rank_mode{mode + 1}'] = sum(ranks) / len(ranks)
