@@ -100,6 +100,22 @@ def test_gradcheck_with_exact_factors(shape, modes):
     assert torch.autograd.gradcheck(lambda *a: compressed_linear(*a, tucker), (x, weight, bias), fast_mode=False)
 
 
+def test_function_keeps_the_weight_only_for_the_input_gradient_and_the_factors_only_for_the_weights():
+    x = linear_activation((3, 7, 16))
+    weight, bias = torch.randn(4, 16), torch.randn(4, requires_grad=True)
+    tucker = compress(x, 0.8, (0, 1, 2))
+    out, saved = saved_tensors(lambda: compressed_linear(x.requires_grad_(), weight, bias, tucker))
+    assert len(saved) == 1 and saved[0].data_ptr() == weight.data_ptr()  # a frozen weight: no factors
+    gx, gb = torch.autograd.grad(out.sum(), [x, bias])
+    ref_gx, ref_gb = torch.autograd.grad(F.linear(x, weight, bias).sum(), [x, bias])
+    torch.testing.assert_close(gx, ref_gx)
+    torch.testing.assert_close(gb, ref_gb)
+    weight.requires_grad_()
+    out, saved = saved_tensors(lambda: compressed_linear(x.detach(), weight, None, tucker))
+    assert [t.data_ptr() for t in saved] == [t.data_ptr() for t in tucker.tensors]  # no input gradient: no weight
+    assert torch.autograd.grad(out.sum(), weight)[0].shape == (4, 16)
+
+
 def test_rank_zero_gives_a_zero_weight_gradient():
     tucker = compress(torch.zeros(3, 7, 5), 0.8, (0, 1, 2))
     assert tucker.ranks == (0, 0, 0)
