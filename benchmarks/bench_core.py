@@ -27,7 +27,7 @@ from torch.nn.grad import conv2d_weight
 
 from mmseg_actcomp.compression import METHODS, SubspaceEstimate, compress, single_cpu_thread, unfold
 from mmseg_actcomp.ops import conv2d_weight_from_tucker
-from mmseg_actcomp.ops.conv import SUBSPACE_MODES
+from mmseg_actcomp.ops.compressed import SUBSPACE_MODES
 
 #: issue 14's target: compress + weight gradient at least this many times faster than the reference
 MIN_SPEED_UP = 50.0

@@ -375,10 +375,11 @@ def time_steps(work, model: Model, key, calibrated, num_convs, resume=False, ite
 
 
 def conv_count(config: str) -> int:
-    """How many convs ``num_layers`` can choose in the config's model: the ``num_layers`` of ALL."""
+    """How many layers ``num_layers`` can choose in the config's model (its convs and linear layers; the
+    benchmark's CNNs have convs only): the ``num_layers`` of ALL."""
     from mmseg_actcomp.apis.segmentor import build_segmentor, load_config
-    from mmseg_actcomp.ops.region import trainable_inference_convs
-    return len(trainable_inference_convs(build_segmentor(load_config(osp.join(REPO, config)))))
+    from mmseg_actcomp.ops.region import trainable_inference_layers
+    return len(trainable_inference_layers(build_segmentor(load_config(osp.join(REPO, config)))))
 
 
 def val_class_pixels(config: str) -> Dict[str, int]:

@@ -1,6 +1,7 @@
-"""mmseg-actcomp: compress the activations convolutions keep for backward (SVD / HOSVD, or the Gradient
-Filter's patch sums) while fine-tuning mmsegmentation models. Importing the package registers its layer
-types and hook, which is what ``custom_imports = dict(imports=['mmseg_actcomp'])`` in a config does.
+"""mmseg-actcomp: compress the activations convolutions and linear layers keep for backward (SVD / HOSVD,
+or the Gradient Filter's patch sums, convolutions only) while fine-tuning mmsegmentation models. Importing
+the package registers its layer types and hook, which is what
+``custom_imports = dict(imports=['mmseg_actcomp'])`` in a config does.
 
 ``mmseg_actcomp.compression`` needs torch only: without the OpenMMLab stack installed the package still
 imports, and only what needs mmseg (the hook, the layers' registration) says so when it is asked for."""
@@ -15,7 +16,8 @@ except ModuleNotFoundError as error:
     _MISSING_STACK = error
 else:
     _MISSING_STACK = None
-    from .ops import CompressedConv2d, GradFilterConv2d, HOSVDConv2d, SVDConv2d  # registers the conv types
+    # registers the conv and linear types
+    from .ops import CompressedConv2d, GradFilterConv2d, HOSVDConv2d, HOSVDLinear, SVDConv2d, SVDLinear
     from .hooks import ActivationCompressionHook  # registers the hook in mmseg's HOOKS
     from .registry import register_config_scope
     from .utils import allow_mmengine_checkpoints
@@ -27,8 +29,8 @@ else:
     # registry.py.
     register_config_scope()
 
-__all__ = ['__version__', 'CompressedConv2d', 'HOSVDConv2d', 'SVDConv2d', 'GradFilterConv2d',
-           'ActivationCompressionHook']
+__all__ = ['__version__', 'CompressedConv2d', 'HOSVDConv2d', 'SVDConv2d', 'GradFilterConv2d', 'HOSVDLinear',
+           'SVDLinear', 'ActivationCompressionHook']
 
 
 def __getattr__(name: str):

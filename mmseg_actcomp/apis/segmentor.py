@@ -186,11 +186,11 @@ def fit_budget(region: FineTuneRegion, model: nn.Module, loss_of_batch: Callable
 
 
 def budget_note(region: FineTuneRegion, report: dict) -> str:
-    """The report's line on the budget: the choice, and the measured kept bytes of the chosen convs."""
+    """The report's line on the budget: the choice, and the measured kept bytes of the chosen layers."""
     budget, kept = region.memory_budget_mib, report['totals']['estimate']
     verdict = 'within' if kept['peak_mib'] <= budget else 'OVER'
     return (f'memory_budget_mib={budget:g}: explained_variance chosen per layer on the first '
-            f'{region.budget_batches} batches (explained_variance_per_layer); the chosen convs kept '
+            f'{region.budget_batches} batches (explained_variance_per_layer); the chosen layers kept '
             f"{kept['peak_mib']:.3f} MiB at most in a measured batch ({kept['mean_mib']:.3f} on average): "
             f'{verdict} the budget')
 

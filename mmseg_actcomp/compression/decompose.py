@@ -5,7 +5,8 @@ the modes ``M`` keeps, for each ``n`` in ``M``, the ``r_n`` leading left singula
 mode-n unfolding (``r_n`` the smallest rank explaining a fraction ``eps`` of its energy), and the core
 ``S = x \times_{n in M} U_n^T``; ``x ~ S \times_{n in M} U_n``.
 
-* HOSVD: ``M`` = all four modes of ``x: (B, C, H, W)``.
+* HOSVD: ``M`` = every mode of ``x``: the four of a conv's ``(B, C, H, W)``, the three of a linear
+  layer's ``(B, N, C)`` tokens, ... (:func:`method_modes`).
 * SVD along the batch mode: ``M = {0}``. The core ``U_1^T X_(1)`` is ``Sigma V^T`` reshaped to
   ``(k, C, H, W)``: the singular values are folded into the right factor, so the kept elements are
   ``k * (B + C*H*W)``.
@@ -25,30 +26,66 @@ from torch import Tensor
 from .rank import rank_from_explained_variance, validate_explained_variance
 from .tensor_ops import autocast_disabled, mode_cross, mode_gram, mode_product, multi_mode_product, unfold
 
-#: The modes each method truncates, for a ``(B, C, H, W)`` activation.
-METHODS = {'svd': (0,), 'hosvd': (0, 1, 2, 3)}
-#: the batch mode of a ``(B, C, H, W)`` activation: its samples
+#: the batch mode of an activation (its first): its samples
 BATCH_MODE = 0
+#: The modes each method decomposes of an activation of ``ndim`` modes, batch first (``(B, C, H, W)``,
+#: ``(B, N, C)``, ``(B, C)``, ...): SVD the batch mode of its ``(B, rest)`` unfolding, HOSVD every mode.
+_METHOD_MODES = {'svd': lambda ndim: (BATCH_MODE,), 'hosvd': lambda ndim: tuple(range(ndim))}
+#: The modes each method truncates, for a ``(B, C, H, W)`` activation (:func:`method_modes` for others).
+METHODS = {method: modes(4) for method, modes in _METHOD_MODES.items()}
 
 
-def truncated_modes(method: str, truncate_batch: bool = True) -> Tuple[int, ...]:
-    """The modes ``method`` truncates: ``METHODS[method]``, less the batch mode unless ``truncate_batch``.
-
-    Truncating the batch mode mixes the samples of a batch: each keeps only its coordinates on the leading
-    batch components. Left whole, every sample keeps its own coordinates in the shared channel and spatial
-    bases (the core grows by ``B / r_1``), and the weight gradient keeps the samples' own correlations with
-    their output gradients (docs/grad_fidelity.md measures what each mode's truncation costs it).
+def method_modes(method: str, ndim: int = 4) -> Tuple[int, ...]:
+    """The modes ``method`` decomposes of an activation of ``ndim >= 2`` modes with the batch mode first:
+    ``(0,)`` for SVD, ``(0, ..., ndim - 1)`` for HOSVD; ``METHODS[method]`` for ``ndim = 4``.
 
     Raises:
-        ValueError: ``method`` unknown, or SVD (whose one mode is the batch mode) without ``truncate_batch``.
+        ValueError: ``method`` unknown, or ``ndim`` not an integer >= 2 (a batch mode and another).
     """
     if method not in METHODS:
         raise ValueError(f'method={method!r} is not one of {sorted(METHODS)}')
-    modes = tuple(n for n in METHODS[method] if truncate_batch or n != BATCH_MODE)
+    if isinstance(ndim, bool) or not isinstance(ndim, int) or ndim < 2:
+        raise ValueError(f'ndim={ndim!r}: an activation to decompose has a batch mode and at least one other '
+                         '(ndim an integer >= 2)')
+    return _METHOD_MODES[method](ndim)
+
+
+def truncated_modes(method: str, truncate_batch: bool = True, ndim: int = 4) -> Tuple[int, ...]:
+    """The modes ``method`` truncates of an activation of ``ndim`` modes, batch first:
+    :func:`method_modes`, less the batch mode unless ``truncate_batch``.
+
+    Truncating the batch mode mixes the samples of a batch: each keeps only its coordinates on the leading
+    batch components. Left whole, every sample keeps its own coordinates in the shared channel and spatial
+    (or token) bases (the core grows by ``B / r_1``), and the weight gradient keeps the samples' own
+    correlations with their output gradients (docs/grad_fidelity.md measures what each mode's truncation
+    costs it).
+
+    Raises:
+        ValueError: ``method`` unknown, ``ndim`` below 2, or SVD (whose one mode is the batch mode) without
+            ``truncate_batch``.
+    """
+    modes = tuple(n for n in method_modes(method, ndim) if truncate_batch or n != BATCH_MODE)
     if not modes:
         raise ValueError(f"method={method!r} truncates only the batch mode: truncate_batch=False leaves it "
                          "nothing to truncate (use method='hosvd')")
     return modes
+
+
+def other_modes(ndim: int, mode: int) -> Tuple[int, ...]:
+    """Every mode of an ``ndim``-mode tensor but ``mode``: what a per-``mode`` mean (a per-channel mean of
+    an activation) averages over."""
+    return tuple(n for n in range(ndim) if n != mode)
+
+
+def channel_mode_of(x: Tensor, channel_mode: int, name: str = 'activation') -> int:
+    """``channel_mode`` as a mode index of ``x`` in ``[0, x.dim())`` (a negative one counts from the end);
+    ValueError naming it otherwise."""
+    if isinstance(channel_mode, bool) or not isinstance(channel_mode, int) \
+            or not -x.dim() <= channel_mode < x.dim():
+        raise ValueError(f'{name}: channel_mode={channel_mode!r} is not a mode of a {x.dim()}-d tensor of shape '
+                         f'{tuple(x.shape)}: give an integer in [{-x.dim()}, {x.dim()}) (1 for (B, C, H, W), '
+                         '-1 for channel-last (..., C))')
+    return channel_mode % x.dim()
 
 # Spectral problems up to this size are solved in float64: next to forming the Gram from a whole
 # activation that costs little (a 512 eigh: 0.04 s against 0.02 s in float32, one thread), and it keeps
@@ -388,19 +425,22 @@ def warm_leading_vectors(x: Tensor, mode: int, explained_variance: float, previo
 
 def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
              name: str = 'activation', center: bool = False,
-             fixed: Optional[Mapping[int, Tensor]] = None, warm: Optional[Mapping[int, Tensor]] = None) -> Tucker:
+             fixed: Optional[Mapping[int, Tensor]] = None, warm: Optional[Mapping[int, Tensor]] = None,
+             channel_mode: int = 1) -> Tucker:
     r"""Truncated Tucker decomposition of ``x`` along ``modes``, ranks by explained variance.
 
     Args:
-        x: ``(B, C, H, W)`` (any number of modes works), float16, bfloat16, float32 or float64, any
-            memory format; must not be empty. Not differentiated through.
+        x: ``(B, C, H, W)`` (any number of modes works: a linear layer's ``(B, N, C)``, ``(B, H, W, C)``,
+            ``(B, C)``), float16, bfloat16, float32 or float64, any memory format; must not be empty. Not
+            differentiated through.
         explained_variance: ``eps`` in ``(0, 1]``; at 1 the decomposition is exact up to rounding.
         modes: the modes to truncate, e.g. ``METHODS['svd']`` or ``METHODS['hosvd']``.
         name: names the activation in errors (layers pass their ``layer_name``).
-        center: keep the per-channel mean of ``x: (B, C, H, W)`` (over batch, height and width) exactly
-            and decompose only ``x`` minus it, the ranks then chosen by the variation's energy (see
-            :func:`add_channel_mean`). After a ReLU most of an activation's energy is its mean: ranks
-            by the raw energy then collapse to about 1 and keep little besides the mean.
+        center: keep the per-channel mean of ``x`` (over every mode but ``channel_mode``: batch, height
+            and width of a ``(B, C, H, W)``) exactly and decompose only ``x`` minus it, the ranks then
+            chosen by the variation's energy (see :func:`add_channel_mean`). After a ReLU most of an
+            activation's energy is its mean: ranks by the raw energy then collapse to about 1 and keep
+            little besides the mean.
         fixed: mode -> a basis ``(I_n, r_n)`` with orthonormal columns to use for that mode as it is (no
             eigendecomposition, no rank choice: e.g. :class:`SubspaceEstimate`'s, frozen after the first
             batches). Other modes in ``modes`` are decomposed as usual.
@@ -408,6 +448,8 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
             last step's ``compress`` returned for it): one subspace iteration instead of a Gram's
             eigendecomposition, the rank still chosen so that ``eps`` is met on ``x``
             (:func:`warm_leading_vectors`). An entry that does not fit its mode is ignored (exact).
+        channel_mode: the mode ``center`` keeps the mean of: 1 for a conv's ``(B, C, H, W)``, the last
+            (``-1``) for a linear layer's channel-last input. Read only with ``center``.
 
     Returns:
         :class:`Tucker` whose core and factors have the dtype and device of ``x`` (the core float32 for a
@@ -416,7 +458,7 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
 
     Raises:
         ValueError: ``explained_variance`` outside ``(0, 1]``, ``x`` empty, ``modes`` not modes of ``x``,
-            or ``center`` for a tensor that is not 4-d.
+            or (with ``center``) ``channel_mode`` not a mode of it.
         NonFiniteActivationError: ``x`` holds NaN or Inf.
         DecompositionError: no eigen-solver converged on one of its Gram matrices (after the fallbacks).
     """
@@ -426,8 +468,8 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
                          f"METHODS['hosvd'] = {METHODS['hosvd']} (METHODS maps a method name to its modes)")
     if x.numel() == 0:
         raise ValueError(f'{name}: cannot compress an empty tensor of shape {tuple(x.shape)}')
-    if center and x.dim() != 4:
-        raise ValueError(f'{name}: center=True needs a (B, C, H, W) tensor, got shape {tuple(x.shape)}')
+    if center:
+        channel_mode = channel_mode_of(x, channel_mode, name)
     fixed = dict(fixed or {})
     for n, basis in fixed.items():
         if n not in modes or basis.dim() != 2 or basis.shape[0] != x.shape[n] or basis.shape[1] < 1:
@@ -437,16 +479,16 @@ def compress(x: Tensor, explained_variance: float, modes: Sequence[int],
             if n in modes and n not in fixed and u.dim() == 2 and u.shape[0] == x.shape[n] and u.shape[1] > 0}
     with torch.no_grad(), autocast_disabled(x.device.type):
         work = x.detach().to(_work_dtype(x, explained_variance), memory_format=torch.contiguous_format)
-        mean = work.mean(dim=(0, 2, 3)) if center else None
+        mean = work.mean(dim=other_modes(x.dim(), channel_mode), keepdim=True) if center else None
         if mean is not None:
-            work = work - mean[None, :, None, None]
+            work = work - mean
         bases = {n: fixed[n].to(work.dtype) if n in fixed
                  else warm_leading_vectors(work, n, explained_variance, warm[n], name) if n in warm
                  else leading_singular_vectors(work, n, explained_variance, name) for n in modes}
         core = multi_mode_product(work, {n: u.mT for n, u in bases.items()})
         tucker = Tucker(core, tuple(bases.get(n) for n in range(x.dim())))
         if mean is not None:
-            tucker = add_channel_mean(tucker, mean)
+            tucker = add_channel_mean(tucker, mean.flatten(), channel_mode)
     # The core carries the input's whole norm (the factors are orthonormal): in float16, whose largest
     # value is 65504, it overflows for an input of norm above that although every element fits. It stays
     # in float32 then; the factors (entries at most 1) take the input's dtype.
@@ -459,12 +501,13 @@ class SubspaceEstimate:
     explain ``eps`` of them: a subspace frozen for the rest of training (LANCE's calibrated bases, with
     ranks by explained variance), so that later steps only project.
 
-    ``add(x)`` per batch ``x: (B, C, H, W)`` (centred per channel, as :func:`compress` with ``center``);
-    ``bases(eps)`` -> mode -> ``(I_n, r_n)``, orthonormal columns, float32.
+    ``add(x)`` per batch ``x: (B, C, H, W)`` (or a linear layer's ``(B, N, C)``, ...; centred per channel,
+    the channel mode ``channel_mode``, as :func:`compress` with ``center``); ``bases(eps)`` -> mode ->
+    ``(I_n, r_n)``, orthonormal columns, float32.
     """
 
-    def __init__(self, modes: Sequence[int], center: bool = True) -> None:
-        self.modes, self.center = tuple(modes), center
+    def __init__(self, modes: Sequence[int], center: bool = True, channel_mode: int = 1) -> None:
+        self.modes, self.center, self.channel_mode = tuple(modes), center, channel_mode
         self.grams: Dict[int, Tensor] = {}
         self.batches = 0
 
@@ -472,7 +515,7 @@ class SubspaceEstimate:
         with torch.no_grad(), autocast_disabled(x.device.type):
             work = x.detach().float()
             if self.center:
-                work = work - work.mean(dim=(0, 2, 3), keepdim=True)
+                work = work - work.mean(dim=other_modes(work.dim(), self.channel_mode % work.dim()), keepdim=True)
             for n in self.modes:
                 gram = mode_gram(work, n)
                 self.grams[n] = gram if n not in self.grams else self.grams[n] + gram
@@ -487,11 +530,13 @@ class SubspaceEstimate:
         return bases
 
 
-def add_channel_mean(tucker: Tucker, mean: Tensor) -> Tucker:
-    r"""One :class:`Tucker` for ``reconstruct(tucker) + mean`` broadcast over batch, height and width.
+def add_channel_mean(tucker: Tucker, mean: Tensor, channel_mode: int = 1) -> Tucker:
+    r"""One :class:`Tucker` for ``reconstruct(tucker) + mean`` broadcast over every mode but ``channel_mode``
+    (batch, height and width of a ``(B, C, H, W)``; batch and tokens of a linear layer's ``(B, N, C)``).
 
     The broadcast mean ``M[b, c, h, w] = mean[c]`` is itself a rank-1 Tucker tensor: factors
-    ``1/sqrt(B)``, ``mean / ||mean||``, ``1/sqrt(H)``, ``1/sqrt(W)`` and core ``||mean|| sqrt(BHW)``. A sum of
+    ``1/sqrt(B)``, ``mean / ||mean||``, ``1/sqrt(H)``, ``1/sqrt(W)`` and core ``||mean|| sqrt(BHW)`` (the
+    constant factor ``1/sqrt(I_n)`` along every mode but the channel one, whatever their number). A sum of
     two Tucker tensors is one whose factors are the two factors side by side along every truncated mode
     and whose core holds the two cores as blocks (the mean's at index 0, the other's after it), so the
     weight gradient reads it like any other decomposition. Modes kept whole carry the mean's values in
@@ -500,8 +545,10 @@ def add_channel_mean(tucker: Tucker, mean: Tensor) -> Tucker:
     size (``r_n + 1`` columns in a mode of ``r_n`` rows span at most ``r_n``).
 
     Args:
-        tucker: decomposition of a ``(B, C, H, W)`` tensor (at least one truncated mode).
-        mean: ``(C,)``.
+        tucker: decomposition of a tensor of ``N >= 2`` modes (at least one truncated).
+        mean: ``(C,)``, ``C`` the size of ``channel_mode``.
+        channel_mode: the mode ``mean`` runs along, in ``[0, N)``: 1 for ``(B, C, H, W)``, ``N - 1`` for a
+            channel-last input.
 
     Returns:
         :class:`Tucker` with ranks ``min(r_n + 1, I_n)`` along the truncated modes and orthonormal factors
@@ -512,30 +559,30 @@ def add_channel_mean(tucker: Tucker, mean: Tensor) -> Tucker:
     norm = mean.norm()
     if float(norm) == 0.0:
         return tucker
-    sizes, truncated = tucker.shape, set(tucker.modes)
+    sizes, truncated, modes = tucker.shape, set(tucker.modes), range(tucker.core.dim())
     # The mean's block M x_n u_n^T: size 1 along truncated modes (each contraction with a constant
     # column 1/sqrt(I_n) scales by sqrt(I_n), the one with mean/||mean|| gives ||mean||), full size along
     # modes kept whole (the mean's values along the channel mode, constant along the others).
-    scale = math.prod(sizes[n] ** 0.5 for n in truncated - {1})
-    if 1 in truncated:
-        block = (norm * scale).reshape(1, 1, 1, 1)
+    scale = math.prod(sizes[n] ** 0.5 for n in truncated - {channel_mode})
+    if channel_mode in truncated:
+        block = (norm * scale).reshape([1] * len(modes))
     else:
-        block = (mean * scale).reshape(1, -1, 1, 1)
-    block = block.expand(*[1 if n in truncated else sizes[n] for n in range(4)])
+        block = (mean * scale).reshape([-1 if n == channel_mode else 1 for n in modes])
+    block = block.expand(*[1 if n in truncated else sizes[n] for n in modes])
     factors = []
     for n, factor in enumerate(tucker.factors):
         if factor is None:
             factors.append(None)
             continue
-        column = mean / norm if n == 1 else factor.new_full((sizes[n],), sizes[n] ** -0.5)
+        column = mean / norm if n == channel_mode else factor.new_full((sizes[n],), sizes[n] ** -0.5)
         factors.append(torch.cat([column[:, None].to(factor.dtype), factor], dim=1))
     core = tucker.core.new_zeros([size + 1 if n in truncated else size
                                   for n, size in enumerate(tucker.core.shape)])
-    core[tuple(slice(0, 1) if n in truncated else slice(None) for n in range(4))] = block
-    core[tuple(slice(1, None) if n in truncated else slice(None) for n in range(4))] = tucker.core
+    core[tuple(slice(0, 1) if n in truncated else slice(None) for n in modes)] = block
+    core[tuple(slice(1, None) if n in truncated else slice(None) for n in modes)] = tucker.core
     thin = {n: torch.linalg.qr(factor) for n, factor in enumerate(factors) if factor is not None}
     core = multi_mode_product(core, {n: qr.R for n, qr in thin.items()})
-    return Tucker(core, tuple(thin[n].Q if n in thin else None for n in range(4)))
+    return Tucker(core, tuple(thin[n].Q if n in thin else None for n in modes))
 
 
 def svd(x: Tensor, explained_variance: float, name: str = 'activation') -> Tucker:

@@ -28,7 +28,7 @@ BUDGET_CHOICE_KEY = 'actcomp_explained_variance'
 
 @HOOKS.register_module()
 class ActivationCompressionHook(Hook):
-    """Fine-tune chosen convolutions with compressed activations; freeze the rest.
+    """Fine-tune chosen convolutions and linear layers with compressed activations; freeze the rest.
 
     Config::
 
@@ -41,9 +41,10 @@ class ActivationCompressionHook(Hook):
 
     Before training starts (``before_run``) the chosen ``nn.Conv2d`` layers are swapped in place for
     :class:`~mmseg_actcomp.ops.HOSVDConv2d` / :class:`~mmseg_actcomp.ops.SVDConv2d` /
-    :class:`~mmseg_actcomp.ops.GradFilterConv2d`, which share the
-    conv's parameters and state-dict keys: the optimizer, ``load_from``, ``--resume`` and saved
-    checkpoints see the very same tensors, and a checkpoint loads into a stock mmseg model.
+    :class:`~mmseg_actcomp.ops.GradFilterConv2d`, and the chosen ``nn.Linear`` layers (transformer MLPs
+    and projections) for :class:`~mmseg_actcomp.ops.HOSVDLinear` / :class:`~mmseg_actcomp.ops.SVDLinear`,
+    which share the layer's parameters and state-dict keys: the optimizer, ``load_from``, ``--resume`` and
+    saved checkpoints see the very same tensors, and a checkpoint loads into a stock mmseg model.
 
     The hook is glue: every key but ``require_load_from`` goes to
     :class:`~mmseg_actcomp.ops.region.FineTuneRegion` (``hook.region``), which does the surgery and which
@@ -54,34 +55,40 @@ class ActivationCompressionHook(Hook):
         method (str): ``'hosvd'``, ``'svd'``, ``'gradfilt'`` (Gradient Filter, Yang et al., CVPR 2023:
             each conv keeps its input summed over patches, see ``patch_size``; unlike HOSVD/SVD, whose
             input gradients are exact, its input gradient is approximate too, taken from the output
-            gradient averaged over patches), or ``'none'`` (fine-tune the same layers without
-            compression: the vanilla baseline). Defaults to ``'hosvd'``.
+            gradient averaged over patches; convolutions only: a chosen linear layer is an error naming it),
+            or ``'none'`` (fine-tune the same layers without compression: the vanilla baseline). Defaults
+            to ``'hosvd'``.
         explained_variance (float): ε in (0, 1]: each decomposed mode keeps the fewest components
             explaining this fraction of its energy. Ignored for ``'none'`` and ``'gradfilt'``. Defaults
             to 0.9 (the paper's is 0.8).
         patch_size (int): ``'gradfilt'`` only: ``R >= 1``; the output gradient is averaged over ``R x R``
             patches and each conv keeps its input summed over the matching ``(R stride)^2`` patches
             (the paper uses 2, 4 and 8; 1 is exact for a 1x1 stride-1 conv). Defaults to 2.
-        num_layers (int, optional): fine-tune the last N convolutions in the order the inference
-            forward (``mode='tensor'``: backbone + decode head, classifier ``conv_seg`` included) runs
-            them, found by tracing. Auxiliary heads, dropped at inference, are never chosen, nor convs
-            the model itself freezes (EMANet's bases).
-        layers (list[str], optional): fine-tune exactly these conv module paths instead, e.g.
-            ``['decode_head.conv_seg', 'decode_head.bottleneck.conv']``. Give one of ``num_layers`` and
-            ``layers``.
+        num_layers (int, optional): fine-tune the last N layers in the order the inference forward
+            (``mode='tensor'``: backbone + decode head, classifier ``conv_seg`` included) runs them, found
+            by tracing; convolutions (``nn.Conv2d``) and linear layers (``nn.Linear``, e.g. a transformer's
+            MLPs and a Segmenter head's projections) count alike. Auxiliary heads, dropped at inference,
+            are never chosen, nor layers the model itself freezes (EMANet's bases), nor those it never
+            calls (``nn.MultiheadAttention``'s projections, whose weights it reads directly).
+        layers (list[str], optional): fine-tune exactly these conv or linear module paths instead, e.g.
+            ``['decode_head.conv_seg', 'decode_head.bottleneck.conv']`` or
+            ``['backbone.layers.11.ffn.layers.1']``. Give one of ``num_layers`` and ``layers``.
         freeze_others (bool): set ``requires_grad=False`` on every parameter outside the fine-tuned
             region, and keep the running statistics of BN layers whose parameters are all frozen
-            (eval mode) so that frozen means unchanged. The region is the chosen convs plus the norm
-            layer of their mmcv ``ConvModule``, if any; BN elsewhere (e.g. a ResNet block's ``bn1``)
-            stays as the config says (``norm_eval``). Defaults to True.
+            (eval mode) so that frozen means unchanged. The region is the chosen layers plus the norm
+            layer of a conv's mmcv ``ConvModule``, if any (a LayerNorm next to a linear layer stays
+            frozen); BN elsewhere (e.g. a ResNet block's ``bn1``) stays as the config says
+            (``norm_eval``). Defaults to True.
         lean_region (bool): make the rest of the fine-tuned region keep no full-size activation
             either: ReLUs keep a bit-packed mask, BNs on running statistics keep nothing (or a
             compressed normalised input when their affine weights train), dropout regenerates its
-            mask, frozen convs and pooling keep no input. The region is each chosen conv's parent
-            module (its ConvModule, residual block or head). Input gradients stay exact, except
+            mask, frozen convs and pooling keep no input. The region is each chosen layer's parent
+            module (its ConvModule, residual block or head; a linear layer's MLP, transformer layer or
+            head, whose LayerNorm and GELU are left stock and keep their inputs). Input gradients stay
+            exact, except
             through BNs on batch statistics (see ``norm_input_bits``). Not for 'none'; with 'gradfilt' a
             BN whose gamma trains on running statistics keeps its x_hat whole. False reproduces the
-            paper's accounting (only conv inputs compressed). Defaults to True.
+            paper's accounting (only the chosen layers' inputs compressed). Defaults to True.
         norm_input_bits (int, optional): with ``lean_region``, a region BN that trains on batch
             statistics (the config's default) keeps its input quantized to this many bits per element
             (one range per sample and channel; 1, 2, 4 or 8) instead of whole: its input and gamma
@@ -98,7 +105,7 @@ class ActivationCompressionHook(Hook):
             running statistics (the source task's exponential average) by their average over this many
             training batches of the new task (precise BN), once, when fine-tuning starts (not on
             resume: the checkpoint holds them). 0 keeps them as loaded. Defaults to 0.
-        center (bool): the compressed convs keep their input's per-channel mean exactly and decompose
+        center (bool): the compressed layers keep their input's per-channel mean exactly and decompose
             only the rest, so that ranks follow the variation around the mean. Without it, ranks collapse
             to about 1 during fine-tuning and the weight gradients lose their direction
             (docs/grad_fidelity.md) and the run learns little (the ``hosvd-0.8-uncentred`` row of
@@ -108,17 +115,17 @@ class ActivationCompressionHook(Hook):
             or ``resume``): fine-tuning and calibration configs set it, so that a forgotten
             ``--cfg-options load_from=...`` cannot silently fine-tune a random network. Defaults to False.
         subspace (str): ``'exact'`` decomposes every step's inputs; ``'warm'`` (HOSVD) starts each
-            layer's channel and spatial bases from the last step's (one subspace iteration, ranks still
-            chosen so that every step meets ``explained_variance``) and decomposes exactly every
-            ``subspace_batches``-th step; ``'frozen'`` (HOSVD) estimates each layer's channel and spatial
-            bases from its first ``subspace_batches`` training batches and then only projects onto them
-            (no eigendecomposition). The batch mode stays exact. The bases go into checkpoints, so a
-            resumed run continues from the same ones. Their effect on learning and speed: the
-            ``hosvd-0.8-warm-subspace`` and ``hosvd-0.8-frozen-subspace`` rows of docs/finetune.md.
-            Only ``'exact'`` with ``'svd'`` and ``'gradfilt'``. Defaults to ``'exact'``.
+            layer's channel and spatial (a linear layer's token and channel) bases from the last step's
+            (one subspace iteration, ranks still chosen so that every step meets ``explained_variance``)
+            and decomposes exactly every ``subspace_batches``-th step; ``'frozen'`` (HOSVD) estimates each
+            layer's channel and spatial bases from its first ``subspace_batches`` training batches and
+            then only projects onto them (no eigendecomposition). The batch mode stays exact. The bases go
+            into checkpoints, so a resumed run continues from the same ones. Their effect on learning and
+            speed: the ``hosvd-0.8-warm-subspace`` and ``hosvd-0.8-frozen-subspace`` rows of
+            docs/finetune.md. Only ``'exact'`` with ``'svd'`` and ``'gradfilt'``. Defaults to ``'exact'``.
         subspace_batches (int): ``M >= 1``: ``'frozen'``'s estimation batches, ``'warm'``'s refresh
             period. Defaults to 8.
-        memory_budget_mib (float, optional): MiB for what the chosen convs keep of their inputs (their
+        memory_budget_mib (float, optional): MiB for what the chosen layers keep of their inputs (their
             factors only: not the region's BNs, ReLUs, ...). When fine-tuning starts (not on resume: the
             checkpoint holds the choice) each layer's ``explained_variance`` is replaced by one from
             0.5-0.95 chosen on ``budget_batches`` training batches: the least summed weight-gradient

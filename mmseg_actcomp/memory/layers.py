@@ -1,8 +1,9 @@
-"""Per-layer figures of the fine-tuned convolutions: input shape, ranks, vanilla and kept bytes.
+"""Per-layer figures of the fine-tuned convolutions and linear layers: input shape, ranks, vanilla and kept
+bytes.
 
-These give the paper's *estimate*: what each chosen convolution keeps of its input for the weight
-gradient (HOSVD/SVD factors, or the gradient filter's patch sums), read from the layer itself rather than
-from the autograd graph.
+These give the paper's *estimate*: what each chosen layer keeps of its input for the weight gradient
+(HOSVD/SVD factors, or the gradient filter's patch sums), read from the layer itself rather than from the
+autograd graph.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -18,13 +19,15 @@ class LayerStep:
 
     Attributes:
         path: module path in the model.
-        type: class name, e.g. ``'HOSVDConv2d'``, ``'GradFilterConv2d'`` or ``'Conv2d'``.
-        input_shape: ``(B, C, H, W)`` of its (first) input.
-        ranks: ``(k,)`` (SVD) or ``(r1, r2, r3, r4)`` (HOSVD) of its (first) compressing call; None for
-            a layer that keeps no decomposition (plain ``nn.Conv2d``, the gradient filter).
-        vanilla_bytes: ``B*C*H*W`` times the element size: what ``nn.Conv2d`` keeps of its input.
+        type: class name, e.g. ``'HOSVDConv2d'``, ``'GradFilterConv2d'``, ``'Conv2d'``, ``'HOSVDLinear'`` or
+            ``'Linear'``.
+        input_shape: ``(B, C, H, W)`` of its (first) input; a linear layer's ``(..., C)``, e.g. ``(B, N, C)``.
+        ranks: ``(k,)`` (SVD) or one rank per mode of the input (HOSVD: ``(r1, r2, r3, r4)`` for a conv) of
+            its (first) compressing call; None for a layer that keeps no decomposition (plain ``nn.Conv2d``
+            or ``nn.Linear``, the gradient filter).
+        vanilla_bytes: the input's elements times their size: what the stock layer keeps of its input.
         kept_bytes: bytes of the compressed factors (of the patch sums for the gradient filter); for a
-            plain convolution its vanilla bytes.
+            plain layer its vanilla bytes.
         calls: forward calls in the pass.
     """
     path: str
@@ -41,7 +44,8 @@ def _tensor_bytes(x: Tensor) -> int:
 
 
 def _observe(module: nn.Module, x: Tensor, path: str) -> LayerStep:
-    """The :class:`LayerStep` of one call of ``module`` on ``x: (B, C, H, W)``, read after its forward."""
+    """The :class:`LayerStep` of one call of ``module`` on ``x`` (``(B, C, H, W)``, or ``(..., C)`` for a
+    linear layer), read after its forward."""
     kind = type(module).__name__
     if isinstance(module, KEEPING_TYPES) and module.last_kept_bytes is not None:
         ranks = getattr(module, 'last_ranks', None)

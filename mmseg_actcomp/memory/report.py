@@ -2,8 +2,8 @@
 ``memory.csv``.
 
 Figures over several batches are given as ``mean`` and ``peak`` (the largest batch), in bytes and MiB.
-A layer's ``ratio`` is ``vanilla_bytes / kept_bytes``: how many times less it keeps than ``nn.Conv2d``
-would (1.0 for vanilla fine-tuning, the baseline).
+A layer's ``ratio`` is ``vanilla_bytes / kept_bytes``: how many times less it keeps than the stock
+``nn.Conv2d`` or ``nn.Linear`` would (1.0 for vanilla fine-tuning, the baseline).
 """
 import csv
 import json
@@ -23,6 +23,7 @@ PEAK_NOTE = 'n/a (no allocation records)'
 #: what each backward op of a compressed model keeps for backward (the per-op tables' "keeps" column)
 OP_KEEPS = {
     'CompressedConv2dFunctionBackward': 'conv input factors (what the estimate counts)',
+    'CompressedLinearFunctionBackward': 'linear input factors (what the estimate counts)',
     'GradFilterConv2dFunctionBackward': 'conv input summed over patches (gradient filter; what the estimate '
                                         'counts)',
     'PackedMaskReLUFunctionBackward': 'ReLU mask, bit-packed (1 bit/element)',

@@ -1,14 +1,19 @@
-"""Convolution layers and autograd functions that keep compressed activations for backward: HOSVD/SVD
-factors (:mod:`.conv`) or patch sums (the gradient filter, :mod:`.gradfilt`)."""
+"""Convolution and linear layers and autograd functions that keep compressed activations for backward:
+HOSVD/SVD factors (:mod:`.conv`, :mod:`.linear`, sharing :mod:`.compressed`) or patch sums (the gradient
+filter, :mod:`.gradfilt`)."""
+from .compressed import CompressedLayer
 from .conv import CompressedConv2d, HOSVDConv2d, SVDConv2d
-from .functional import CompressedConv2dFunction, compressed_conv2d, conv2d_weight_from_tucker
+from .functional import (CompressedConv2dFunction, CompressedLinearFunction, compressed_conv2d, compressed_linear,
+                         conv2d_weight_from_tucker, linear_weight_from_tucker)
 from .gradfilt import GradFilterConv2d, GradFilterConv2dFunction, gradfilt_conv2d
+from .linear import CompressedLinear, HOSVDLinear, SVDLinear
 from .lean import (LeanAdaptiveAvgPool2d, LeanBatchNorm2d, LeanConv2d, PackedMaskReLU, RegeneratedDropout,
                    make_lean, packed_mask_relu)
 
 __all__ = [
-    'CompressedConv2d', 'HOSVDConv2d', 'SVDConv2d', 'CompressedConv2dFunction', 'compressed_conv2d',
-    'conv2d_weight_from_tucker', 'GradFilterConv2d', 'GradFilterConv2dFunction', 'gradfilt_conv2d',
+    'CompressedLayer', 'CompressedConv2d', 'HOSVDConv2d', 'SVDConv2d', 'CompressedConv2dFunction', 'compressed_conv2d',
+    'conv2d_weight_from_tucker', 'CompressedLinear', 'HOSVDLinear', 'SVDLinear', 'CompressedLinearFunction',
+    'compressed_linear', 'linear_weight_from_tucker', 'GradFilterConv2d', 'GradFilterConv2dFunction', 'gradfilt_conv2d',
     'LeanAdaptiveAvgPool2d', 'LeanBatchNorm2d', 'LeanConv2d', 'PackedMaskReLU',
     'RegeneratedDropout', 'make_lean', 'packed_mask_relu'
 ]

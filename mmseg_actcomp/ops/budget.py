@@ -1,17 +1,19 @@
-r"""A memory budget for the fine-tuned convolutions: one explained-variance threshold per layer.
+r"""A memory budget for the fine-tuned layers (convolutions and linear layers): one explained-variance
+threshold per layer.
 
 Which ``eps`` a layer gets decides both what it keeps for backward and how far its weight gradient is from
-the exact one. Given a budget of bytes for the kept factors of all chosen convs, the thresholds are
+the exact one. Given a budget of bytes for the kept factors of all chosen layers, the thresholds are
 chosen from :data:`EXPLAINED_VARIANCE_GRID` on a few calibration batches so that the summed weight-gradient
 error ``sum_l ||dW_l(eps_l) - dW_l||_F`` (the ASI paper's criterion) is smallest while the summed kept bytes
 fit the budget: a multiple-choice knapsack, solved exactly by :func:`choose_explained_variance`.
 
-The costs come from a training forward and backward with the chosen convs running as plain convs
-(:func:`plain_convs`), which gives every layer's exact input and output gradient
-(:class:`ConvGradientRecorder`); :func:`explained_variance_costs` then decomposes each input at every
-``eps`` of the grid as the layer itself would (:meth:`~mmseg_actcomp.ops.CompressedConv2d.decompose`) and
-compares the weight gradient of the kept factors (:func:`~mmseg_actcomp.ops.conv2d_weight_from_tucker`)
-with the exact one. :func:`calibration_costs` runs it all and leaves the model as it found it.
+The costs come from a training forward and backward with the chosen layers running as stock ones
+(:func:`plain_layers`), which gives every layer's exact input and output gradient
+(:class:`LayerGradientRecorder`); :func:`explained_variance_costs` then decomposes each input at every
+``eps`` of the grid as the layer itself would (:meth:`~mmseg_actcomp.ops.CompressedLayer.decompose`) and
+compares the weight gradient of the kept factors (the layer's
+:meth:`~mmseg_actcomp.ops.CompressedLayer.weight_gradient`) with the exact one. :func:`calibration_costs`
+runs it all and leaves the model as it found it.
 """
 import contextlib
 import itertools
@@ -22,12 +24,11 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn.grad import conv2d_weight
 
 from ..compression import DecompositionError, Tucker
 from ..utils.table import align
-from .conv import CompressedConv2d, no_smaller
-from .functional import autocast_conv_args, conv2d_weight_from_tucker
+from .compressed import CompressedLayer, no_smaller
+from .functional import autocast_layer_args
 from .precise_bn import preserved_rng, preserved_training_modes
 
 #: the thresholds a budget chooses from, per layer
@@ -50,10 +51,11 @@ class BudgetInfeasibleError(ValueError):
 
 
 @contextlib.contextmanager
-def plain_convs(convs: Iterable[nn.Module]) -> Iterator[None]:
-    """Run the :class:`~mmseg_actcomp.ops.CompressedConv2d` among ``convs`` as plain ``nn.Conv2d`` inside the
-    block (``runs_plain``): exact weight gradients, nothing recorded, no ``'frozen'`` estimate fed."""
-    layers = [c for c in convs if isinstance(c, CompressedConv2d)]
+def plain_layers(layers: Iterable[nn.Module]) -> Iterator[None]:
+    """Run the :class:`~mmseg_actcomp.ops.CompressedLayer` among ``layers`` as the stock ``nn.Conv2d`` /
+    ``nn.Linear`` inside the block (``runs_plain``): exact weight gradients, nothing recorded, no
+    ``'frozen'`` estimate fed."""
+    layers = [m for m in layers if isinstance(m, CompressedLayer)]
     for layer in layers:
         layer.runs_plain = True
     try:
@@ -63,21 +65,21 @@ def plain_convs(convs: Iterable[nn.Module]) -> Iterator[None]:
             layer.runs_plain = False
 
 
-class ConvGradientRecorder:
-    """Context manager recording, for each conv of ``convs`` (path -> conv), every call's input ``(B, C, H,
-    W)`` as the conv computes with it (cast as autocast casts it) and the gradient of its output ``(B, O,
-    H', W')``: ``calls[path]`` is a list of ``[x, grad_output]`` (the gradient None until backward reaches
-    it). A hook on the output tensor, not on the module: an in-place op after the conv (mmcv's ReLU) would
-    break a module backward hook."""
+class LayerGradientRecorder:
+    """Context manager recording, for each layer of ``layers`` (path -> conv or linear layer), every call's
+    input (``(B, C, H, W)``, or ``(..., C)``) as the layer computes with it (cast as autocast casts it) and
+    the gradient of its output (``(B, O, H', W')``, or ``(..., O)``): ``calls[path]`` is a list of ``[x,
+    grad_output]`` (the gradient None until backward reaches it). A hook on the output tensor, not on the
+    module: an in-place op after the layer (mmcv's ReLU) would break a module backward hook."""
 
-    def __init__(self, convs: Mapping[str, nn.Conv2d]) -> None:
-        self._convs = dict(convs)
-        self.calls: Dict[str, List[List[Tensor]]] = {path: [] for path in self._convs}
+    def __init__(self, layers: Mapping[str, nn.Module]) -> None:
+        self._layers = dict(layers)
+        self.calls: Dict[str, List[List[Tensor]]] = {path: [] for path in self._layers}
         self._handles: List = []
 
-    def __enter__(self) -> 'ConvGradientRecorder':
-        for path, conv in self._convs.items():
-            self._handles.append(conv.register_forward_hook(partial(self._record, path)))
+    def __enter__(self) -> 'LayerGradientRecorder':
+        for path, layer in self._layers.items():
+            self._handles.append(layer.register_forward_hook(partial(self._record, path)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -85,8 +87,8 @@ class ConvGradientRecorder:
             handle.remove()
         self._handles = []
 
-    def _record(self, path: str, conv: nn.Conv2d, inputs: Tuple[Tensor, ...], output: Tensor) -> None:
-        x, _, _ = autocast_conv_args(inputs[0], conv.weight, conv.bias)
+    def _record(self, path: str, layer: nn.Module, inputs: Tuple[Tensor, ...], output: Tensor) -> None:
+        x, _, _ = autocast_layer_args(inputs[0], layer.weight, layer.bias)
         call = [x.detach(), None]
         self.calls[path].append(call)
         if output.requires_grad:
@@ -101,40 +103,40 @@ def _store_gradient(call: List[Tensor], grad: Tensor) -> None:
     call[1] = grad.detach()
 
 
-def _kept_factors(conv: CompressedConv2d, x: Tensor, explained_variance: float) -> Tucker:
-    """What ``conv`` keeps of its prepared input ``x: (B, C, H, W)`` at ``explained_variance``: its
-    decomposition, or ``x`` whole where that is no smaller or no solver converged (as its forward does)."""
+def _kept_factors(layer: CompressedLayer, x: Tensor, explained_variance: float) -> Tucker:
+    """What ``layer`` keeps of its prepared input ``x`` at ``explained_variance``: its decomposition, or
+    ``x`` whole where that is no smaller or no solver converged (as its forward does)."""
     whole = Tucker(x, (None,) * x.dim())
     try:
-        tucker = conv.decompose(x, explained_variance)
+        tucker = layer.decompose(x, explained_variance)
     except DecompositionError:
         return whole
     return whole if no_smaller(tucker, x) else tucker
 
 
 @torch.no_grad()
-def explained_variance_costs(conv: CompressedConv2d, x: Tensor, grad_output: Tensor,
+def explained_variance_costs(layer: CompressedLayer, x: Tensor, grad_output: Tensor,
                              grid: Sequence[float] = EXPLAINED_VARIANCE_GRID) -> List[Cost]:
-    """For each ``eps`` of ``grid``: the bytes ``conv`` keeps of ``x`` at ``eps`` (its ``last_kept_bytes``
+    """For each ``eps`` of ``grid``: the bytes ``layer`` keeps of ``x`` at ``eps`` (its ``last_kept_bytes``
     after a compressing forward on ``x``) and ``||dW(eps) - dW||_F``, the weight gradient of the kept factors
     against the exact one, both with ``grad_output`` (float32 arithmetic for the exact one).
 
     Args:
-        conv: a compressed conv (its method, ``center``, stride, padding, dilation and groups apply).
-        x: its input ``(B, C, H, W)``, in the dtype it computes with (e.g. cast by autocast).
-        grad_output: the gradient of its output ``(B, O, H', W')``.
+        layer: a compressed conv or linear layer (its method, ``center`` and, for a conv, stride, padding,
+            dilation and groups apply).
+        x: its input (``(B, C, H, W)``, or ``(..., C)``), in the dtype it computes with (e.g. cast by autocast).
+        grad_output: the gradient of its output (``(B, O, H', W')``, or ``(..., O)``).
         grid: thresholds in ``(0, 1]``.
 
     Returns:
         One :class:`Cost` per threshold, in ``grid`` order.
     """
-    x, _, _, padding = conv.prepare_input(x)
-    conv_args = (conv.stride, padding, conv.dilation, conv.groups)
-    exact = conv2d_weight(x.float(), conv.weight.shape, grad_output.float(), *conv_args)
+    x, _, _, args = layer.prepare_input(x)
+    exact = layer.weight_gradient(Tucker(x.float(), (None,) * x.dim()), grad_output.float(), args)
     costs = []
     for eps in grid:
-        tucker = _kept_factors(conv, x, eps)
-        approx = conv2d_weight_from_tucker(tucker, conv.weight.shape, grad_output, *conv_args)
+        tucker = _kept_factors(layer, x, eps)
+        approx = layer.weight_gradient(tucker, grad_output, args)
         costs.append(Cost(eps, tucker.nbytes, float((approx.float() - exact).norm())))
     return costs
 
@@ -152,16 +154,16 @@ def _over_batches(per_batch: Sequence[List[Cost]]) -> List[Cost]:
             for options in zip(*per_batch)]
 
 
-def calibration_costs(convs: Mapping[str, CompressedConv2d], run_batch: Callable[[object], object],
+def calibration_costs(layers: Mapping[str, CompressedLayer], run_batch: Callable[[object], object],
                       batches: Iterable, num_batches: int,
                       grid: Sequence[float] = EXPLAINED_VARIANCE_GRID) -> Dict[str, List[Cost]]:
-    """:func:`explained_variance_costs` of every conv of ``convs`` over ``num_batches`` batches.
+    """:func:`explained_variance_costs` of every layer of ``layers`` over ``num_batches`` batches.
 
     The training passes change the model (BN running statistics, ``.grad``, the random states): run this
     inside :func:`unchanged`, with the model in the mode to calibrate in (training mode, frozen BNs in eval).
 
     Args:
-        convs: path -> compressed conv; they run as plain convs meanwhile (:func:`plain_convs`).
+        layers: path -> compressed layer; they run as stock layers meanwhile (:func:`plain_layers`).
         run_batch: ``run_batch(batch)`` runs a training forward and backward of the model on one batch.
         batches: yields at least ``num_batches`` items.
         num_batches: ``>= 1``.
@@ -169,21 +171,21 @@ def calibration_costs(convs: Mapping[str, CompressedConv2d], run_batch: Callable
 
     Returns:
         path -> one :class:`Cost` per threshold: bytes the largest over the batches, error their mean.
-        A conv that no backward reached is left out.
+        A layer that no backward reached is left out.
 
     Raises:
         ValueError: ``batches`` ran out first.
     """
-    per_batch: Dict[str, List[List[Cost]]] = {path: [] for path in convs}
+    per_batch: Dict[str, List[List[Cost]]] = {path: [] for path in layers}
     seen = 0
-    with plain_convs(convs.values()):
+    with plain_layers(layers.values()):
         for batch in itertools.islice(batches, num_batches):
-            with ConvGradientRecorder(convs) as recorder:
+            with LayerGradientRecorder(layers) as recorder:
                 run_batch(batch)
-            for path, conv in convs.items():
+            for path, layer in layers.items():
                 calls = recorder.recorded(path)
                 if calls:
-                    per_batch[path].append(_summed_calls([explained_variance_costs(conv, x, g, grid)
+                    per_batch[path].append(_summed_calls([explained_variance_costs(layer, x, g, grid)
                                                           for x, g in calls]))
             seen += 1
     if seen < num_batches:
@@ -273,7 +275,7 @@ def _add_layer(least: Tensor, options: Sequence[Cost], unit: int) -> Tuple[Tenso
 def infeasible_message(budget_bytes: float, minimum_bytes: int, num_layers: int) -> str:
     """What :class:`BudgetInfeasibleError` says: the budget, the minimum and what to do, in MiB."""
     minimum = f'{math.ceil(minimum_bytes / MIB * 1000) / 1000:.3f}'  # rounded up: a budget of it holds them
-    return (f'memory_budget_mib={budget_bytes / MIB:g} cannot be met: the {num_layers} fine-tuned convs keep at '
+    return (f'memory_budget_mib={budget_bytes / MIB:g} cannot be met: the {num_layers} fine-tuned layers keep at '
             f'least {minimum} MiB on the calibration batches, each at its cheapest explained_variance; raise '
             f'memory_budget_mib to at least {minimum} or fine-tune fewer layers')
 

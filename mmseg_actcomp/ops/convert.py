@@ -1,32 +1,52 @@
-"""Choose convolutions of any ``nn.Module`` and swap them for compressed ones, in place.
+"""Choose convolutions and linear layers of any ``nn.Module`` and swap them for compressed ones, in place.
 
 Generic model surgery, pure torch: layers are named by their module path (``model.get_submodule``),
-chosen either explicitly or as the last N convolutions in the order a forward pass runs them.
+chosen either explicitly or as the last N convolutions and linear layers in the order a forward pass runs
+them.
 """
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from torch import nn
 
-from .conv import CompressedConv2d, HOSVDConv2d, SVDConv2d
+from .compressed import CompressedLayer
+from .conv import HOSVDConv2d, SVDConv2d
 from .gradfilt import GradFilterConv2d
+from .linear import HOSVDLinear, SVDLinear
 
-#: method name -> layer type that replaces an ``nn.Conv2d`` (None: keep the plain conv)
-CONV_TYPES = {'hosvd': HOSVDConv2d, 'svd': SVDConv2d, 'gradfilt': GradFilterConv2d, 'none': None}
+#: the layer kinds that can be chosen -> method name -> the layer type that replaces one (None: keep it as it
+#: is). Gradient Filter is for convolutions only (its patches are spatial): a linear layer has no entry.
+LAYER_TYPES = {
+    nn.Conv2d: {'hosvd': HOSVDConv2d, 'svd': SVDConv2d, 'gradfilt': GradFilterConv2d, 'none': None},
+    nn.Linear: {'hosvd': HOSVDLinear, 'svd': SVDLinear, 'none': None},
+}
+#: method name -> layer type that replaces an ``nn.Conv2d`` (None: keep the plain conv); its keys are the
+#: methods
+CONV_TYPES = LAYER_TYPES[nn.Conv2d]
 #: the layer types that record what they keep of their input for backward (``last_kept_bytes``,
 #: ``last_vanilla_bytes``, ``last_input_shape``; HOSVD/SVD also ``last_ranks``)
-KEEPING_TYPES = (CompressedConv2d, GradFilterConv2d)
+KEEPING_TYPES = (CompressedLayer, GradFilterConv2d)
+#: what the layer choice says it counts, in messages
+CHOSEN_KINDS = 'convolutions and linear layers (nn.Conv2d, nn.Linear)'
 
 
-def trace_conv_order(model: nn.Module, run_forward: Callable[[], object]) -> List[str]:
-    """Module paths of ``model``'s ``nn.Conv2d`` layers in the order ``run_forward()`` first calls them.
+def layer_kind(module: nn.Module) -> Optional[type]:
+    """The key of :data:`LAYER_TYPES` that ``module`` is an instance of (subclasses, compressed twins
+    included), or None for a module that cannot be chosen."""
+    return next((kind for kind in LAYER_TYPES if isinstance(module, kind)), None)
+
+
+def trace_layer_order(model: nn.Module, run_forward: Callable[[], object]) -> List[str]:
+    """Module paths of ``model``'s ``nn.Conv2d`` and ``nn.Linear`` layers in the order ``run_forward()``
+    first calls them.
 
     Registration order is not forward order (e.g. a ResNet block registers ``downsample`` last but a
-    head may define its classifier first), hence tracing. Convs that the forward never calls are left out.
+    head may define its classifier first), hence tracing. Layers that the forward never calls are left out,
+    e.g. ``nn.MultiheadAttention``'s ``out_proj``, whose weight the attention reads directly.
     """
     order: List[str] = []
     handles = []
     for path, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
+        if layer_kind(module) is not None:
             handles.append(module.register_forward_pre_hook(
                 lambda m, args, path=path: None if path in order else order.append(path)))
     try:
@@ -37,45 +57,62 @@ def trace_conv_order(model: nn.Module, run_forward: Callable[[], object]) -> Lis
     return order
 
 
-def check_conv_path(model: nn.Module, path: str) -> nn.Conv2d:
-    """The ``nn.Conv2d`` at ``path``; ValueError naming the path and what is there otherwise."""
+def check_layer_path(model: nn.Module, path: str, method: Optional[str] = None) -> nn.Module:
+    """The ``nn.Conv2d`` or ``nn.Linear`` at ``path``; ValueError naming the path and what is there
+    otherwise, or (with ``method``) naming the layer and why ``method`` cannot compress it."""
     try:
         module = model.get_submodule(path)
     except AttributeError:
         raise ValueError(f'layers: {path!r} is not a module of {type(model).__name__}') from None
-    if not isinstance(module, nn.Conv2d):
-        inner = [f'{path}.{name}' for name, m in module.named_modules() if isinstance(m, nn.Conv2d) and name]
-        hint = f'; its convolutions are {inner[:6]}' if inner else ''
-        raise ValueError(f'layers: {path!r} is a {type(module).__name__}, not a convolution '
-                         f'(nn.Conv2d){hint}')
+    kind = layer_kind(module)
+    if kind is None:
+        inner = [f'{path}.{name}' for name, m in module.named_modules() if layer_kind(m) is not None and name]
+        hint = f'; the layers inside it are {inner[:6]}' if inner else ''
+        raise ValueError(f'layers: {path!r} is a {type(module).__name__}, not one of the {CHOSEN_KINDS}{hint}')
+    parent = model.get_submodule(path.rpartition('.')[0]) if '.' in path else model
+    if isinstance(parent, nn.MultiheadAttention):
+        raise ValueError(f'layers: {path!r} is the {path.rpartition(".")[2]} of an nn.MultiheadAttention, which '
+                         'reads its weight directly and never calls it: it cannot keep its input compressed')
+    if method is not None and method not in LAYER_TYPES[kind]:
+        raise ValueError(f"{path!r} is an nn.{kind.__name__}: method={method!r} (Gradient Filter) is for "
+                         "convolutions only, its patches being spatial; give layers=[...] that are convolutions, "
+                         f"or use one of {sorted(LAYER_TYPES[kind])}")
     return module
 
 
 def select_last(order: Sequence[str], num_layers: int) -> List[str]:
-    """The last ``num_layers`` of ``order``; ValueError if the model has fewer convolutions."""
+    """The last ``num_layers`` of ``order``; ValueError if the model has fewer layers to choose from."""
     if not 1 <= num_layers <= len(order):
-        raise ValueError(f'num_layers={num_layers} but the model runs {len(order)} convolutions in its '
+        raise ValueError(f'num_layers={num_layers} but the model runs {len(order)} {CHOSEN_KINDS} in its '
                          f'forward pass: choose 1 <= num_layers <= {len(order)}')
     return list(order[len(order) - num_layers:])
 
 
-def swap_convs(model: nn.Module, paths: Iterable[str], method: str,
-               explained_variance: float, center: bool = True, subspace: str = 'exact',
-               subspace_batches: int = 8, truncate_batch: bool = True,
-               patch_size: int = 2) -> Dict[str, nn.Conv2d]:
-    """Replace each conv at ``paths`` by the layer type of ``method`` (:data:`CONV_TYPES`), sharing its
-    parameters: for ``'svd'``/``'hosvd'`` with ``explained_variance``, ``center``, ``subspace``,
-    ``subspace_batches`` and ``truncate_batch`` as in :class:`~mmseg_actcomp.ops.CompressedConv2d`, for
-    ``'gradfilt'`` with ``patch_size`` as in :class:`~mmseg_actcomp.ops.GradFilterConv2d`.
+def _twin(new_type: type, layer: nn.Module, options: dict) -> nn.Module:
+    """A ``new_type`` sharing ``layer``'s parameters (its ``from_conv`` or ``from_linear``)."""
+    if isinstance(layer, nn.Conv2d):
+        return new_type.from_conv(layer, **options)
+    return new_type.from_linear(layer, **options)
+
+
+def swap_layers(model: nn.Module, paths: Iterable[str], method: str,
+                explained_variance: float, center: bool = True, subspace: str = 'exact',
+                subspace_batches: int = 8, truncate_batch: bool = True,
+                patch_size: int = 2) -> Dict[str, nn.Module]:
+    """Replace each conv or linear layer at ``paths`` by the layer type of ``method`` for its kind
+    (:data:`LAYER_TYPES`), sharing its parameters: for ``'svd'``/``'hosvd'`` with ``explained_variance``,
+    ``center``, ``subspace``, ``subspace_batches`` and ``truncate_batch`` as in
+    :class:`~mmseg_actcomp.ops.CompressedConv2d` / :class:`~mmseg_actcomp.ops.CompressedLinear`, for
+    ``'gradfilt'`` (convolutions only: ValueError naming a linear layer) with ``patch_size`` as in
+    :class:`~mmseg_actcomp.ops.GradFilterConv2d`.
 
     Idempotent: a layer already of the wanted type only gets ``explained_variance`` and ``center`` (resp.
     ``patch_size``) updated (and keeps its subspace state); a different ``truncate_batch`` makes a new twin.
-    Returns path -> the layer now in the model (plain ``nn.Conv2d`` for ``method='none'``).
+    Returns path -> the layer now in the model (the plain ``nn.Conv2d`` / ``nn.Linear`` for ``'none'``).
     """
     if method not in CONV_TYPES:
         raise ValueError(f'method={method!r} is not one of {sorted(CONV_TYPES)}')
-    new_type = CONV_TYPES[method]
-    if new_type is GradFilterConv2d:
+    if method == 'gradfilt':
         options = updated = dict(patch_size=patch_size)
     else:
         options = dict(explained_variance=explained_variance, center=center, subspace=subspace,
@@ -83,18 +120,19 @@ def swap_convs(model: nn.Module, paths: Iterable[str], method: str,
         updated = dict(explained_variance=explained_variance, center=bool(center))
     swapped = {}
     for path in paths:
-        conv = check_conv_path(model, path)
+        layer = check_layer_path(model, path, method)
+        new_type = LAYER_TYPES[layer_kind(layer)][method]
         if new_type is None:
-            swapped[path] = conv
+            swapped[path] = layer
             continue
-        if type(conv) is new_type and getattr(conv, 'truncate_batch', truncate_batch) == truncate_batch:
+        if type(layer) is new_type and getattr(layer, 'truncate_batch', truncate_batch) == truncate_batch:
             for name, value in updated.items():
-                setattr(conv, name, value)
+                setattr(layer, name, value)
         else:
-            conv = new_type.from_conv(conv, **options)
-            conv.layer_name = path
-            model.set_submodule(path, conv)
-        swapped[path] = conv
+            layer = _twin(new_type, layer, options)
+            layer.layer_name = path
+            model.set_submodule(path, layer)
+        swapped[path] = layer
     return swapped
 
 
@@ -113,14 +151,15 @@ def freeze_all_but(model: nn.Module, trainable: Iterable[nn.Module]) -> List[str
 def compression_stats(layers: Dict[str, nn.Module]) -> Optional[Dict[str, float]]:
     """Total kept / vanilla bytes of the last forward that kept something of ``layers``' inputs
     (:data:`KEEPING_TYPES`: HOSVD/SVD factors, gradient-filter patch sums), and for HOSVD/SVD layers the
-    mean rank per mode, the mean fraction of input energy kept (``kept_energy``: ``||x_hat||^2 / ||x||^2``,
-    what the weight gradient sees) and the number of layers that kept their input whole (``kept_whole``);
-    None if none of them has kept anything yet."""
+    mean rank per mode (``rank_mode{k}``: mode ``k`` of each layer's input, batch first, over the layers
+    that have it: a conv's channel is mode 2, a linear layer's is its last), the mean fraction of input
+    energy kept (``kept_energy``: ``||x_hat||^2 / ||x||^2``, what the weight gradient sees) and the number of
+    layers that kept their input whole (``kept_whole``); None if none of them has kept anything yet."""
     recorded = [m for m in layers.values() if isinstance(m, KEEPING_TYPES) and m.last_kept_bytes is not None]
     if not recorded:
         return None
     stats = {}
-    ranked = [m for m in recorded if isinstance(m, CompressedConv2d) and m.last_ranks is not None]
+    ranked = [m for m in recorded if isinstance(m, CompressedLayer) and m.last_ranks is not None]
     for mode in range(max((len(m.last_ranks) for m in ranked), default=0)):
         ranks = [m.last_ranks[mode] for m in ranked if len(m.last_ranks) > mode]
         stats[f'rank_mode{mode + 1}'] = sum(ranks) / len(ranks)

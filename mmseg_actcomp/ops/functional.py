@@ -1,10 +1,12 @@
-r"""Convolution whose backward takes the weight gradient from a compressed copy of its input.
+r"""Convolution and linear layer whose backward takes the weight gradient from a compressed copy of
+their input.
 
 ``grad_input`` needs only the weight and ``grad_output``, and ``grad_bias`` only ``grad_output``; only
-``grad_weight`` needs the input. So the forward runs the exact convolution and keeps, instead of
-``x: (B, C, H, W)``, a truncated Tucker decomposition of it (see :mod:`mmseg_actcomp.compression`).
+``grad_weight`` needs the input. So the forward runs the exact convolution (linear map) and keeps, instead
+of ``x: (B, C, H, W)`` (``x: (..., C)``), a truncated Tucker decomposition of it (see
+:mod:`mmseg_actcomp.compression`).
 
-The weight gradient ``dW = sum_b corr(x_b, g_b)`` is bilinear in the input and ``grad_output``, which lets
+Convolution. The weight gradient ``dW = sum_b corr(x_b, g_b)`` is bilinear in the input and ``grad_output``, which lets
 two factors of the decomposition be applied to the (small) gradient rather than expanded into the input:
 
 * batch factor ``U_1: (B, r1)``: ``sum_b corr(sum_j U_1[b, j] Z_j, g_b) = sum_j corr(Z_j, (U_1^T g)_j)``, so
@@ -15,6 +17,10 @@ two factors of the decomposition be applied to the (small) gradient rather than 
   convolutions ``U_2`` mixes channels across groups, so it is expanded instead.
 
 The spatial factors are expanded (a correlation shifts along H and W, so they do not commute with it).
+
+Linear layer. ``dW = sum_p g[p]^T x[p]`` over the leading positions ``p`` is bilinear too, and with no shift
+every factor commutes with it: the leading (batch, token, spatial) factors are applied to ``g`` and the
+channel factor to the small product last (:func:`linear_weight_from_tucker`); nothing is expanded.
 """
 from typing import Optional, Sequence, Tuple
 
@@ -24,17 +30,18 @@ from torch.autograd.function import Function, once_differentiable
 from torch.nn.grad import conv2d_input, conv2d_weight
 from torch.nn.modules.utils import _pair
 
-from ..compression import Tucker, autocast_disabled, mode_product, multi_mode_product
+from ..compression import Tucker, autocast_disabled, mode_cross, mode_product, multi_mode_product
 
 #: the channel mode of an NCHW activation (its Tucker factor is the channel basis)
 CHANNEL_MODE = 1
 _SPATIAL_MODES = (2, 3)
 
 
-def autocast_conv_args(x: Tensor, weight: Tensor, bias: Optional[Tensor]
-                       ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """``(x, weight, bias)`` cast as autocast casts a convolution's arguments (unchanged outside autocast),
-    so that a custom conv's backward meets the dtypes its forward ran in. Shapes unchanged."""
+def autocast_layer_args(x: Tensor, weight: Tensor, bias: Optional[Tensor]
+                        ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """``(x, weight, bias)`` cast as autocast casts a convolution's or a linear layer's arguments (both are on
+    its lower-precision list; unchanged outside autocast), so that a custom layer's backward meets the
+    dtypes its forward ran in. Shapes unchanged."""
     if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
         return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
@@ -76,13 +83,30 @@ def conv2d_weight_from_tucker(tucker: Tucker, weight_size: Sequence[int], grad_o
     return mode_product(reduced, channel_basis, CHANNEL_MODE)
 
 
+def save_weight_and_tucker(ctx, weight: Tensor, tucker: Tucker) -> None:
+    """What a compressed layer's autograd function keeps: the weight only if its input needs a gradient
+    (``grad_input`` reads nothing else), the tensors of ``tucker`` only if the weight needs one, nothing
+    derived from the input otherwise, so ``torch.autograd.graph.saved_tensors_hooks`` see exactly what is
+    kept. Read back by :func:`saved_weight_and_tucker`."""
+    needs_x_grad, needs_weight_grad = ctx.needs_input_grad[:2]
+    ctx.weight_shape = weight.shape
+    ctx.tucker_modes = tucker.modes
+    kept_tucker = tucker.tensors if needs_weight_grad else ()
+    ctx.save_for_backward(weight if needs_x_grad else None, *kept_tucker)
+
+
+def saved_weight_and_tucker(ctx) -> Tuple[Optional[Tensor], Optional[Tucker]]:
+    """``(weight, tucker)`` as :func:`save_weight_and_tucker` kept them (None where not kept)."""
+    weight, *tucker_tensors = ctx.saved_tensors
+    return weight, Tucker.from_tensors(tucker_tensors, ctx.tucker_modes) if tucker_tensors else None
+
+
 class CompressedConv2dFunction(Function):
     """``F.conv2d`` saving a :class:`Tucker` decomposition of the input instead of the input.
 
     ``apply(x, weight, bias, tucker, stride, padding, dilation, groups)``; ``tucker`` decomposes ``x``
-    and is computed by the caller (under no_grad). ``save_for_backward`` receives the weight (only if
-    ``x`` needs a gradient) and the tensors of ``tucker``, nothing derived from ``x`` otherwise, so
-    ``torch.autograd.graph.saved_tensors_hooks`` see exactly what is kept. Not twice differentiable.
+    and is computed by the caller (under no_grad). Saves what :func:`save_weight_and_tucker` says. Not
+    twice differentiable.
     """
 
     @staticmethod
@@ -96,23 +120,17 @@ class CompressedConv2dFunction(Function):
         x, weight, _, tucker, stride, padding, dilation, groups = inputs
         ctx.conv_args = (stride, padding, dilation, groups)
         ctx.input_shape = x.shape
-        ctx.weight_shape = weight.shape
-        ctx.tucker_modes = tucker.modes
-        needs_x_grad, needs_weight_grad = ctx.needs_input_grad[:2]
-        kept_weight = weight if needs_x_grad else None
-        kept_tucker = tucker.tensors if needs_weight_grad else ()
-        ctx.save_for_backward(kept_weight, *kept_tucker)
+        save_weight_and_tucker(ctx, weight, tucker)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output: Tensor):
-        weight, *tucker_tensors = ctx.saved_tensors
+        weight, tucker = saved_weight_and_tucker(ctx)
         needs_x_grad, needs_weight_grad, needs_bias_grad = ctx.needs_input_grad[:3]
         grad_x = grad_weight = grad_bias = None
         if needs_x_grad:
             grad_x = conv2d_input(ctx.input_shape, weight, grad_output, *ctx.conv_args)
         if needs_weight_grad:
-            tucker = Tucker.from_tensors(tucker_tensors, ctx.tucker_modes)
             # A backward called inside an autocast region would otherwise recast the factors.
             with autocast_disabled(grad_output.device.type):
                 grad_weight = conv2d_weight_from_tucker(tucker, ctx.weight_shape, grad_output,
@@ -141,3 +159,88 @@ def compressed_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], tucker:
     """
     return CompressedConv2dFunction.apply(x, weight, bias, tucker, _pair(stride), _pair(padding),
                                           _pair(dilation), groups)
+
+
+def linear_weight_from_tucker(tucker: Tucker, grad_output: Tensor) -> Tensor:
+    r"""The weight gradient of ``F.linear(reconstruct(tucker), W)``, ``dW = sum_p g[p]^T x_hat[p]`` over the
+    leading positions ``p``, from the factors, without reconstructing ``x_hat``.
+
+    With ``x_hat = S x_0 U_0 ... x_{L-1} U_{L-1} x_L U_C`` (``L`` the last, channel, mode; a mode kept whole
+    has no factor) every factor commutes with the sum over ``p``:
+
+        ``dW = (G'_(L) S_(L)^T) U_C^T``,  ``G' = g x_0 U_0^T ... x_{L-1} U_{L-1}^T``
+
+    ``g: (I_0, ..., I_{L-1}, O)`` -> ``G': (r_0, ..., r_{L-1}, O)`` (the leading factors applied to the
+    gradient, as :func:`conv2d_weight_from_tucker` applies the batch one) -> ``G'_(L) S_(L)^T: (O, r_C)``
+    (a contraction over the small core, :func:`~mmseg_actcomp.compression.mode_cross`) -> ``(O, C)``.
+    Kept whole (no factor anywhere), it is ``g``'s and ``x``'s own ``G_(L) X_(L)^T``.
+
+    Args:
+        tucker: decomposition of the input ``(I_0, ..., I_{L-1}, C)`` (``L >= 1``) along any subset of its
+            modes.
+        grad_output: ``(I_0, ..., I_{L-1}, O)``.
+
+    Returns:
+        ``(O, C)`` in the dtype of ``tucker.core``.
+    """
+    core, factors = tucker.core, tucker.factors
+    channel = core.dim() - 1
+    if core.numel() == 0:
+        # Rank 0: the input was all zero, and so is its weight gradient.
+        return core.new_zeros(grad_output.shape[-1], tucker.shape[channel])
+    leading = {n: u.mT for n, u in enumerate(factors[:channel]) if u is not None}
+    reduced = multi_mode_product(grad_output.to(core.dtype), leading)  # G': (r_0, ..., r_{L-1}, O)
+    grad_weight = mode_cross(reduced, core, channel)  # (O, r_C)
+    channel_basis = factors[channel]
+    return grad_weight if channel_basis is None else grad_weight @ channel_basis.mT.to(core.dtype)
+
+
+class CompressedLinearFunction(Function):
+    """``F.linear`` saving a :class:`Tucker` decomposition of the input instead of the input.
+
+    ``apply(x, weight, bias, tucker)``; ``tucker`` decomposes ``x: (..., C)`` and is computed by the
+    caller (under no_grad). Saves what :func:`save_weight_and_tucker` says. Input and bias gradients are
+    exact (``grad_output @ W``, ``sum_p grad_output[p]``), the weight gradient is
+    :func:`linear_weight_from_tucker`'s. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], tucker: Tucker) -> Tensor:
+        return torch.nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, weight, _, tucker = inputs
+        save_weight_and_tucker(ctx, weight, tucker)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        weight, tucker = saved_weight_and_tucker(ctx)
+        needs_x_grad, needs_weight_grad, needs_bias_grad = ctx.needs_input_grad[:3]
+        grad_x = grad_weight = grad_bias = None
+        if needs_x_grad:
+            grad_x = grad_output @ weight
+        if needs_weight_grad:
+            # A backward called inside an autocast region would otherwise recast the factors.
+            with autocast_disabled(grad_output.device.type):
+                grad_weight = linear_weight_from_tucker(tucker, grad_output)
+        if needs_bias_grad:
+            grad_bias = grad_output.sum(tuple(range(grad_output.dim() - 1)))
+        return grad_x, grad_weight, grad_bias, None
+
+
+def compressed_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], tucker: Tucker) -> Tensor:
+    """``F.linear(x, weight, bias)`` that keeps ``tucker`` for backward.
+
+    Args:
+        x: ``(..., C)`` with at least one leading mode: ``(B, C)``, ``(B, N, C)``, ``(B, H, W, C)``.
+        weight: ``(O, C)``.
+        bias: ``(O,)`` or None.
+        tucker: decomposition of ``x``; the weight gradient is that of its reconstruction, exact for ``x``
+            when it is exact.
+
+    Returns:
+        ``(..., O)``; input and bias gradients are exact.
+    """
+    return CompressedLinearFunction.apply(x, weight, bias, tucker)

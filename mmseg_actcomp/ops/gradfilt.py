@@ -39,8 +39,8 @@ from torch.nn.modules.utils import _pair
 
 from ..compression import autocast_disabled
 from ..utils.validate import require_integer
-from .conv import register_layers
-from .functional import autocast_conv_args
+from .compressed import register_layers
+from .functional import autocast_layer_args
 from .lean.common import validated_attribute
 from .lean.frozen_conv import conv_twin, explicit_padding, frozen_weight_conv2d
 
@@ -309,7 +309,7 @@ class GradFilterConv2d(nn.Conv2d):
             return frozen_weight_conv2d(self, x)
         if x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        x, weight, bias = autocast_conv_args(x, self.weight, self.bias)
+        x, weight, bias = autocast_layer_args(x, self.weight, self.bias)
         x, padding = explicit_padding(self, x)
         y = gradfilt_conv2d(x, weight, bias, self.patch_size, self.stride, padding, self.dilation, self.groups)
         self.last_input_shape = tuple(x.shape)

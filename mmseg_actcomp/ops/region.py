@@ -1,8 +1,8 @@
 """The fine-tuned region of a segmentor and the surgery that makes it, in one plain class.
 
 :class:`FineTuneRegion` holds what ``ActivationCompressionHook``'s config line says (method, eps, which
-layers, what to freeze, how the region's BNs run) and does it to a bare model: choose the convolutions,
-swap them for compressed ones, make the rest of their region lean, freeze everything else, keep frozen
+layers, what to freeze, how the region's BNs run) and does it to a bare model: choose the convolutions and
+linear layers, swap them for compressed ones, make the rest of their region lean, freeze everything else, keep frozen
 BNs on running statistics. The hook, the memory tool and the benchmarks all call it; only the hook knows
 about runners.
 """
@@ -17,9 +17,9 @@ from ..compression import METHODS, QUANTIZATION_BITS, validate_bits, validate_ex
 from ..utils.table import align
 from ..utils.validate import require_integer
 from .budget import MIB, Cost, budget_table, calibration_costs, choose_explained_variance, unchanged
-from .convert import (CONV_TYPES, check_conv_path, compression_stats, freeze_all_but, select_last, swap_convs,
-                      trace_conv_order)
-from .conv import CompressedConv2d, validate_subspace
+from .compressed import CompressedLayer, validate_subspace
+from .convert import (CONV_TYPES, check_layer_path, compression_stats, freeze_all_but, select_last, swap_layers,
+                      trace_layer_order)
 from .gradfilt import GradFilterConv2d, validate_patch_size
 from .lean.batchnorm import LeanBatchNorm2d
 from .lean.make import make_lean
@@ -44,11 +44,11 @@ def region_modules(layer_paths: Iterable[str]) -> List[str]:
 
 
 class FineTuneRegion:
-    """Which convolutions to fine-tune, how they keep their inputs, and what else trains; :meth:`apply`
-    does it to a model. Every argument is the ``ActivationCompressionHook`` key of the same name (its
+    """Which convolutions and linear layers to fine-tune, how they keep their inputs, and what else trains;
+    :meth:`apply` does it to a model. Every argument is the ``ActivationCompressionHook`` key of the same name (its
     docstring says what each does); bad values raise ``ValueError`` naming the value and what is allowed.
 
-    After :meth:`apply`: ``layer_paths`` (the chosen convs, in forward order), ``fine_tuned`` (path ->
+    After :meth:`apply`: ``layer_paths`` (the chosen layers, in forward order), ``fine_tuned`` (path ->
     layer), ``eval_norms`` (the BNs to run on running statistics in training: :meth:`set_norms_eval`) and
     ``region_norms`` (those of them inside the region that still train: what precise BN re-estimates).
     With ``memory_budget_mib``, after :meth:`fit_budget`: ``budget_choice`` (path -> the chosen
@@ -56,8 +56,9 @@ class FineTuneRegion:
 
     ``method='gradfilt'`` takes ``patch_size`` and no ``explained_variance``, ``center``, ``subspace`` or
     ``memory_budget_mib`` (the last two raise unless left at their defaults; ``center`` is ignored, as for
-    ``'none'``). Its lean region's BNs, where ``gamma`` trains on running statistics, keep ``x_hat`` whole
-    (``norm_method`` ``'none'``: the BNs know only decompositions, and the filter has none).
+    ``'none'``), and convolutions only: a chosen linear layer raises a ``ValueError`` naming it. Its lean
+    region's BNs, where ``gamma`` trains on running statistics, keep ``x_hat`` whole (``norm_method``
+    ``'none'``: the BNs know only decompositions, and the filter has none).
     """
 
     def __init__(self, method: str = 'hosvd', explained_variance: float = 0.9,
@@ -120,24 +121,27 @@ class FineTuneRegion:
         self.norm_input_bits = norm_input_bits
         self.center = center and method in METHODS
         self.layer_paths: List[str] = []
-        self.fine_tuned: Dict[str, nn.Conv2d] = {}
+        self.fine_tuned: Dict[str, nn.Module] = {}
         self.eval_norms: List[_BatchNorm] = []
         self.region_norms: List[_BatchNorm] = []
 
-    def choose(self, model: nn.Module) -> List[str]:
-        """The conv paths to fine-tune: ``layers`` as given (checked), or the last ``num_layers`` convs of
-        the inference forward that the model does not freeze itself (EMANet's bases)."""
-        if self.layers is not None:
-            for path in self.layers:
-                check_conv_path(model, path)
-            return list(self.layers)
-        return select_last(trainable_inference_convs(model), self.num_layers)
+    def choose(self, model: nn.Module, run_forward: Optional[Callable[[], object]] = None) -> List[str]:
+        """The conv and linear layer paths to fine-tune: ``layers`` as given (checked), or the last
+        ``num_layers`` convs and linear layers of the inference forward that the model does not freeze itself
+        (EMANet's bases), :func:`trainable_inference_layers` (``run_forward``: see there)."""
+        paths = self.layers
+        if paths is None:
+            paths = select_last(trainable_inference_layers(model, run_forward), self.num_layers)
+        for path in paths:
+            check_layer_path(model, path, self.method)
+        return list(paths)
 
-    def apply(self, model: nn.Module) -> List[str]:
-        """Choose, swap, make lean and freeze, in place, on a bare (unwrapped) segmentor. Idempotent.
-        Returns the chosen paths; call :meth:`set_norms_eval` after every ``model.train()``."""
-        paths = self.choose(model)
-        swap_convs(model, paths, self.method, self.explained_variance, self.center, self.subspace,
+    def apply(self, model: nn.Module, run_forward: Optional[Callable[[], object]] = None) -> List[str]:
+        """Choose (:meth:`choose`), swap, make lean and freeze, in place, on a bare (unwrapped) segmentor, or
+        any ``nn.Module`` with ``run_forward``. Idempotent. Returns the chosen paths; call
+        :meth:`set_norms_eval` after every ``model.train()``."""
+        paths = self.choose(model, run_forward)
+        swap_layers(model, paths, self.method, self.explained_variance, self.center, self.subspace,
                    self.subspace_batches, self.truncate_batch, self.patch_size)
         if self.lean_region:
             for root in sorted(set(region_modules(paths)) - set(paths)):
@@ -162,9 +166,9 @@ class FineTuneRegion:
 
     def subspace_states(self) -> Dict[str, Dict[str, object]]:
         """``subspace='warm'`` or ``'frozen'``: layer path -> its
-        :meth:`~mmseg_actcomp.ops.CompressedConv2d.subspace_state` (layers without one yet left out)."""
-        states = {path: conv.subspace_state() for path, conv in self.fine_tuned.items()
-                  if isinstance(conv, CompressedConv2d)}
+        :meth:`~mmseg_actcomp.ops.CompressedLayer.subspace_state` (layers without one yet left out)."""
+        states = {path: layer.subspace_state() for path, layer in self.fine_tuned.items()
+                  if isinstance(layer, CompressedLayer)}
         return {path: state for path, state in states.items() if state is not None}
 
     def load_subspace_states(self, states: Dict[str, Dict[str, object]]) -> None:
@@ -239,10 +243,10 @@ class FineTuneRegion:
         setting = 'patch_size' if self.method == 'gradfilt' else 'explained_variance'
         rows = [('#', 'layer', 'type', 'weight', 'trainable params', setting)]
         for i, path in enumerate(self.layer_paths, 1):
-            conv = self.fine_tuned[path]
-            value = getattr(conv, setting) if isinstance(conv, (CompressedConv2d, GradFilterConv2d)) else None
-            rows.append((str(i), path, type(conv).__name__, 'x'.join(map(str, conv.weight.shape)),
-                         str(sum(p.numel() for p in conv.parameters() if p.requires_grad)),
+            layer = self.fine_tuned[path]
+            value = getattr(layer, setting) if isinstance(layer, (CompressedLayer, GradFilterConv2d)) else None
+            rows.append((str(i), path, type(layer).__name__, 'x'.join(map(str, layer.weight.shape)),
+                         str(sum(p.numel() for p in layer.parameters() if p.requires_grad)),
                          '-' if value is None else f'{value:g}'))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
@@ -293,10 +297,11 @@ def validate_budget(method: str, memory_budget_mib: Optional[float], budget_batc
     require_integer('budget_batches', budget_batches, 1)
 
 
-def trace_inference_convs(model: nn.Module) -> List[str]:
-    """Conv paths of an mmseg segmentor in the order its inference forward runs them, traced without
-    grad on a zero image of the preprocessor's size capped at 128x128 (the order does not depend on the
-    size; a 512x512 trace of UPerNet costs seconds on a CPU).
+def trace_inference_layers(model: nn.Module) -> List[str]:
+    """Conv and linear layer paths of an mmseg segmentor in the order its inference forward runs them
+    (:func:`~mmseg_actcomp.ops.convert.trace_layer_order`), traced without grad on a zero image of the
+    preprocessor's size capped at 128x128 (the order does not depend on the size; a 512x512 trace of
+    UPerNet costs seconds on a CPU).
 
     ``mode='tensor'`` first; ``mode='predict'`` where mmseg's tensor mode does not run (PointRend's
     cascade), and the preprocessor's full size where 128x128 is too small (LRASPP's 49x49 pooling).
@@ -308,23 +313,36 @@ def trace_inference_convs(model: nn.Module) -> List[str]:
         attempts += [(full, 'tensor'), (full, 'predict')]
     param = next(model.parameters())
     errors = []
-    with preserved_training_modes(model):
+    for size, mode in attempts:
+        image = torch.zeros(1, 3, *size, device=param.device, dtype=param.dtype)
+        try:
+            return _traced(model, lambda: model(image, None, mode=mode))
+        except (RuntimeError, TypeError, ValueError, IndexError) as e:
+            errors.append(f"mode='{mode}' at {size[0]}x{size[1]}: {type(e).__name__}: {e}")
+    raise ValueError('cannot trace the convolutions and linear layers of the inference forward to choose '
+                     'num_layers (give layers=[...] instead): ' + '; '.join(errors))
+
+
+def _traced(model: nn.Module, run_forward: Callable[[], object]) -> List[str]:
+    """:func:`~mmseg_actcomp.ops.convert.trace_layer_order` of ``run_forward`` in eval mode without grad,
+    the training flags restored after."""
+    with preserved_training_modes(model), torch.no_grad():
         model.eval()
-        for size, mode in attempts:
-            image = torch.zeros(1, 3, *size, device=param.device, dtype=param.dtype)
-            try:
-                with torch.no_grad():
-                    return trace_conv_order(model, lambda: model(image, None, mode=mode))
-            except (RuntimeError, TypeError, ValueError, IndexError) as e:
-                errors.append(f"mode='{mode}' at {size[0]}x{size[1]}: {type(e).__name__}: {e}")
-    raise ValueError('cannot trace the convolutions of the inference forward to choose num_layers (give '
-                     'layers=[...] instead): ' + '; '.join(errors))
+        return trace_layer_order(model, run_forward)
 
 
-def trainable_inference_convs(model: nn.Module) -> List[str]:
-    """What ``num_layers`` counts back from: :func:`trace_inference_convs` less the convs the model freezes
-    itself (EMANet's bases). Its length is the ``num_layers`` that fine-tunes every conv."""
-    return [p for p in trace_inference_convs(model) if model.get_submodule(p).weight.requires_grad]
+def trainable_inference_layers(model: nn.Module, run_forward: Optional[Callable[[], object]] = None) -> List[str]:
+    """What ``num_layers`` counts back from: the convs and linear layers of the inference forward, less those
+    the model freezes itself (EMANet's bases). Its length is the ``num_layers`` that fine-tunes them all.
+
+    Args:
+        model: an mmseg segmentor, traced by :func:`trace_inference_layers`; or any ``nn.Module`` with
+            ``run_forward``.
+        run_forward: ``run_forward()`` runs ``model``'s inference forward on an example input (traced in
+            eval mode without grad).
+    """
+    order = trace_inference_layers(model) if run_forward is None else _traced(model, run_forward)
+    return [p for p in order if model.get_submodule(p).weight.requires_grad]
 
 
 def convmodule_norms(model: nn.Module, paths: Sequence[str]) -> List[nn.Module]:

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from mmseg_actcomp.compression import (METHODS, NonFiniteActivationError, Tucker, compress, hosvd,
+from mmseg_actcomp.compression import (METHODS, NonFiniteActivationError, Tucker, compress, hosvd, method_modes,
                                        mode_gram, mode_product, multi_mode_product,
                                        rank_from_explained_variance, reconstruct, storage_bytes,
                                        storage_elements, svd, svd_storage_elements,
-                                       tucker_storage_elements, unfold, validate_explained_variance)
+                                       tucker_storage_elements, truncated_modes, unfold,
+                                       validate_explained_variance)
 
 from conftest import assert_rank_meets_threshold, explained_variance_curve, low_rank_activation
 
@@ -396,8 +397,43 @@ def test_centred_compression_is_the_mean_plus_the_decomposed_rest(method):
         torch.testing.assert_close(reconstruct(centred), mean + reconstruct(rest))
         # the raw tensor's ranks collapse (its mean dominates); the centred one keeps more
         assert sum(compress(x, eps, METHODS[method]).ranks) < sum(centred.ranks)
-    with pytest.raises(ValueError, match='center=True needs a \\(B, C, H, W\\) tensor'):
-        compress(x[0], 0.8, (0, 1, 2), center=True)
+    for bad in (4, -5, 1.0, True):
+        with pytest.raises(ValueError, match=rf'channel_mode={bad!r} is not a mode of a 4-d tensor .*'
+                                             r'an integer in \[-4, 4\)'):
+            compress(x, 0.8, METHODS[method], center=True, channel_mode=bad)
+
+
+@pytest.mark.parametrize('method, truncate_batch', [('svd', True), ('hosvd', True), ('hosvd', False)],
+                         ids=['svd', 'hosvd', 'hosvd-batch-whole'])
+@pytest.mark.parametrize('shape', [(6, 5), (4, 7, 5), (3, 4, 6, 5)], ids=['BC', 'BNC', 'BHWC'])
+def test_centring_a_channel_last_tensor_keeps_its_last_modes_mean(method, shape, truncate_batch):
+    """channel_mode=-1 (a linear layer's (..., C) input): the mean over every mode but the last is kept
+    exactly, as the NCHW mean is for channel_mode=1, on a tensor of 2, 3 or 4 modes, with or without the
+    batch mode truncated; the result is the same as centring a permuted copy along mode 1."""
+    x = low_rank_activation((4, 6, 5, 7), seed=5, dtype=torch.float64).flatten()[:math.prod(shape)]
+    x = x.reshape(shape).relu() + 0.5
+    modes = truncated_modes(method, truncate_batch, x.dim())
+    assert modes == ((0,) if method == 'svd' else tuple(range(int(not truncate_batch), x.dim())))
+    mean = x.mean(dim=tuple(range(x.dim() - 1)), keepdim=True)
+    torch.testing.assert_close(reconstruct(compress(x, 1.0, modes, center=True, channel_mode=-1)), x)
+    centred = compress(x, 0.6, modes, center=True, channel_mode=-1)
+    rest = compress(x - mean, 0.6, modes)
+    torch.testing.assert_close(reconstruct(centred), mean + reconstruct(rest))
+    assert centred.ranks == tuple(min(r + 1, x.shape[n]) for n, r in zip(rest.modes, rest.ranks))
+    # channel-first by a permuted copy, mode 1: the same tensor
+    moved = x.movedim(-1, 1)
+    first = compress(moved, 0.6, tuple(sorted({0: 0, x.dim() - 1: 1}.get(n, n + 1) for n in modes)), center=True)
+    torch.testing.assert_close(reconstruct(first).movedim(1, -1), reconstruct(centred))
+
+
+def test_method_modes_follow_the_number_of_modes():
+    assert [method_modes('hosvd', n) for n in (2, 3, 4)] == [(0, 1), (0, 1, 2), (0, 1, 2, 3)]
+    assert [method_modes('svd', n) for n in (2, 3, 4)] == [(0,)] * 3
+    assert method_modes('hosvd') == METHODS['hosvd'] and truncated_modes('hosvd', False, 3) == (1, 2)
+    with pytest.raises(ValueError, match=r'ndim=1: an activation to decompose has a batch mode and at least one'):
+        method_modes('hosvd', 1)
+    with pytest.raises(ValueError, match=r"method='tucker' is not one of \['hosvd', 'svd'\]"):
+        truncated_modes('tucker', True, 3)
 
 
 def test_the_core_imports_with_torch_alone():

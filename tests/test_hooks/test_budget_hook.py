@@ -95,7 +95,7 @@ def test_an_infeasible_budget_fails_before_training_saying_the_minimum(deeplab):
     runner = fake_runner(hook, copy.deepcopy(deeplab))
     hook.before_run(runner)
     with pytest.raises(HookConfigError, match=r'ActivationCompressionHook: memory_budget_mib=0.0001 cannot be met: '
-                                              r'the 3 fine-tuned convs keep at least \d+\.\d{3} MiB .* raise '
+                                              r'the 3 fine-tuned layers keep at least \d+\.\d{3} MiB .* raise '
                                               r'memory_budget_mib to at least \d+\.\d{3} or fine-tune fewer layers'):
         hook.before_train(runner)
 

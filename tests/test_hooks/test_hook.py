@@ -1,5 +1,6 @@
 """ActivationCompressionHook: layer choice, freezing, errors, and real training runs with mmseg's
 packaged tools/train.py (single process, DDP on 2 gloo processes, bf16 AMP, resume, test.py)."""
+import copy
 import glob
 import os.path as osp
 import re
@@ -11,8 +12,8 @@ from mmengine.config import Config
 from torch import nn
 
 from conftest import REPO, build_model_from_config, run_tool
-from mmseg_actcomp import ActivationCompressionHook, HOSVDConv2d, SVDConv2d
-from mmseg_actcomp.ops.convert import trace_conv_order
+from mmseg_actcomp import ActivationCompressionHook, HOSVDConv2d, HOSVDLinear, SVDConv2d
+from mmseg_actcomp.ops.convert import trace_layer_order
 
 SAMPLE = osp.join(REPO, 'configs', 'sample')
 MODELS = {'deeplabv3': 'deeplabv3_r18-d8', 'pspnet': 'pspnet_r18-d8', 'fcn': 'fcn_r18-d8',
@@ -70,7 +71,7 @@ def test_trace_follows_forward_not_registration_order():
         def forward(self, x):
             return self.late(self.early(x))
     net = Net()
-    assert trace_conv_order(net, lambda: net(torch.zeros(1, 3, 4, 4))) == ['early', 'late']
+    assert trace_layer_order(net, lambda: net(torch.zeros(1, 3, 4, 4))) == ['early', 'late']
 
 
 def test_num_layers_takes_last_convs_of_the_inference_forward(deeplab):
@@ -227,14 +228,59 @@ def test_bad_values_name_key_value_and_allowed(kwargs, message):
 
 
 def test_too_many_layers_and_non_conv_paths(deeplab):
-    with pytest.raises(ValueError, match=r'num_layers=500 but the model runs 29 convolutions in its forward '
-                                         r'pass: choose 1 <= num_layers <= 29'):
+    with pytest.raises(ValueError, match=r'num_layers=500 but the model runs 29 convolutions and linear layers '
+                                         r'\(nn.Conv2d, nn.Linear\) in its forward pass: choose 1 <= num_layers '
+                                         r'<= 29'):
         ActivationCompressionHook(num_layers=500).region.apply(deeplab)
-    with pytest.raises(ValueError, match=r"'decode_head.bottleneck' is a ConvModule, not a convolution .*"
+    with pytest.raises(ValueError, match=r"'decode_head.bottleneck' is a ConvModule, not one of the convolutions "
+                                         r"and linear layers .* the layers inside it are .*"
                                          r"'decode_head.bottleneck.conv'"):
         ActivationCompressionHook(layers=['decode_head.bottleneck']).region.apply(deeplab)
     with pytest.raises(ValueError, match=r"'decode_head.nothing' is not a module of EncoderDecoder"):
         ActivationCompressionHook(layers=['decode_head.nothing']).region.apply(deeplab)
+
+
+def mmseg_config(relative):
+    """A config packaged with mmseg (what ``mmseg::<relative>`` names)."""
+    import mmseg
+    return osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs', relative)
+
+
+#: a transformer whose inference forward runs nn.Linear layers (SegFormer's MiT runs none: its attention is
+#: nn.MultiheadAttention, which reads its projections' weights directly, and its MLPs are 1x1 convolutions)
+SEGMENTER = 'segmenter/segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py'
+
+
+@pytest.mark.slow
+def test_num_layers_on_a_transformer_chooses_its_linear_layers_and_trains_them():
+    """Segmenter ViT-T: the last 5 layers of its inference forward are the mask head's linear layers; they
+    become HOSVDLinear, a training step gives them non-zero weight gradients, and the state dict is a stock
+    model's."""
+    _, stock = build_model_from_config(mmseg_config(SEGMENTER))
+    model = copy.deepcopy(stock)
+    hook = ActivationCompressionHook(num_layers=5)
+    paths = hook.region.apply(model)
+    assert paths == ['decode_head.layers.0.ffn.layers.1', 'decode_head.layers.1.ffn.layers.0.0',
+                     'decode_head.layers.1.ffn.layers.1', 'decode_head.patch_proj', 'decode_head.classes_proj']
+    layers = [model.get_submodule(p) for p in paths]
+    assert all(type(m) is HOSVDLinear and m.layer_name == p for p, m in zip(paths, layers))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        f'{p}.{name}' for p, m in zip(paths, layers) for name, _ in m.named_parameters()}
+    assert all(line.split()[2] == 'HOSVDLinear' for line in hook.region.summary(model).splitlines()[2:7])
+    model.train()
+    hook.region.set_norms_eval()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    model(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)), mode='tensor').square().mean() \
+        .backward()
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in layers)
+    assert all(m.last_input_shape[0] == 2 and len(m.last_ranks) == 3 for m in layers)  # (B, N, C) tokens
+    assert 0 < hook.region.stats()['kept_ratio'] < 1
+    optimizer.step()
+    state = model.state_dict()
+    assert list(state) == list(stock.state_dict())
+    stock.load_state_dict(state, strict=True)
+    assert torch.equal(stock.decode_head.patch_proj.weight, model.decode_head.patch_proj.weight)
+    model.load_state_dict(copy.deepcopy(stock).state_dict(), strict=True)
 
 
 def test_hook_given_twice_and_missing_checkpoint_fail_at_start(deeplab):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...compression import Tucker
-from ..functional import autocast_conv_args, compressed_conv2d
+from ..functional import autocast_layer_args, compressed_conv2d
 from .common import _grad_needed
 
 # What a frozen weight needs kept of the input: nothing. CompressedConv2dFunction saves its decomposition
@@ -90,5 +90,5 @@ def frozen_weight_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
         return nn.Conv2d.forward(conv, x)
     if x.dim() == 3:
         return frozen_weight_conv2d(conv, x.unsqueeze(0)).squeeze(0)
-    x, weight, bias = autocast_conv_args(x, conv.weight, conv.bias)
+    x, weight, bias = autocast_layer_args(x, conv.weight, conv.bias)
     return compressed_conv2d(x, weight, bias, _NOTHING, conv.stride, conv.padding, conv.dilation, conv.groups)
