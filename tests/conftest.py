@@ -56,6 +56,17 @@ def build_model_from_config(config, cfg_options=None):
     return cfg, MODELS.build(cfg.model)
 
 
+def mmseg_config(relative):
+    """A config packaged with mmseg (what ``mmseg::<relative>`` names)."""
+    import mmseg
+    return osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs', relative)
+
+
+#: a transformer whose inference forward runs nn.Linear layers (SegFormer's MiT runs none: its attention is
+#: nn.MultiheadAttention, which reads its projections' weights directly, and its MLPs are 1x1 convolutions)
+SEGMENTER = 'segmenter/segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py'
+
+
 # ------------------------------------------------------------------ test tensors and autograd records
 @pytest.fixture(scope='module')
 def single_thread():

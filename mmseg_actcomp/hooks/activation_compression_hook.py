@@ -77,25 +77,38 @@ class ActivationCompressionHook(Hook):
             region, and keep the running statistics of BN layers whose parameters are all frozen
             (eval mode) so that frozen means unchanged. The region is the chosen layers plus the norm
             layer of a conv's mmcv ``ConvModule``, if any (a LayerNorm next to a linear layer stays
-            frozen); BN elsewhere (e.g. a ResNet block's ``bn1``) stays as the config says
-            (``norm_eval``). Defaults to True.
+            frozen, though its input gradient still flows); BN elsewhere (e.g. a ResNet block's ``bn1``)
+            stays as the config says (``norm_eval``). Defaults to True.
         lean_region (bool): make the rest of the fine-tuned region keep no full-size activation
             either: ReLUs keep a bit-packed mask, BNs on running statistics keep nothing (or a
-            compressed normalised input when their affine weights train), dropout regenerates its
-            mask, frozen convs and pooling keep no input. The region is each chosen layer's parent
-            module (its ConvModule, residual block or head; a linear layer's MLP, transformer layer or
-            head, whose LayerNorm and GELU are left stock and keep their inputs). Input gradients stay
-            exact, except
-            through BNs on batch statistics (see ``norm_input_bits``). Not for 'none'; with 'gradfilt' a
-            BN whose gamma trains on running statistics keeps its x_hat whole. False reproduces the
-            paper's accounting (only the chosen layers' inputs compressed). Defaults to True.
+            compressed normalised input when their affine weights train), dropout (``nn.Dropout``,
+            mmcv's ``Dropout``) regenerates its mask, frozen convs and pooling keep no input;
+            LayerNorms keep their normalised input quantized (``norm_input_bits``) and GELUs their
+            derivative (``gelu_bits``). The region is each chosen layer's parent module (its ConvModule,
+            residual block or head; a linear layer's MLP, transformer layer or head). Residual adds,
+            reshapes and drop path (a factor per sample) keep nothing full-size; what a transformer
+            region still keeps whole is its attention's: the softmax output and the query, key and value
+            its products read. Input gradients stay exact, except through BNs on batch
+            statistics, LayerNorms and GELUs. Not for 'none'; with 'gradfilt' a BN whose gamma trains
+            on running statistics keeps its x_hat whole. False reproduces the paper's accounting (only
+            the chosen layers' inputs compressed). Defaults to True.
         norm_input_bits (int, optional): with ``lean_region``, a region BN that trains on batch
             statistics (the config's default) keeps its input quantized to this many bits per element
             (one range per sample and channel; 1, 2, 4 or 8) instead of whole: its input and gamma
             gradients are then those of an input within half a quantization step of the true one.
-            None keeps the input whole (exact gradients, 16x the bytes of 2 bits in float32). Its effect
-            on learning: the ``hosvd-0.8`` (4 bits), ``-bn8``, ``-bn2`` and ``-exact-bn`` (None) rows of
-            docs/finetune.md. Defaults to 2.
+            A region LayerNorm keeps its normalised input in as many bits (one range per sample and
+            feature, and its inverse std per token), with gradients of the same kind. None keeps the
+            inputs whole (exact gradients, 16x the bytes of 2 bits in float32). Its effect on learning:
+            the ``hosvd-0.8`` (4 bits), ``-bn8``, ``-bn2`` and ``-exact-bn`` (None) rows of
+            docs/finetune.md (convolutional networks: BNs). Defaults to 2.
+        gelu_bits (int, optional): with ``lean_region``, a region GELU keeps its derivative quantized
+            to this many bits per element (one range per sample; 1, 2, 4 or 8) instead of its whole
+            input: its input gradient is the output gradient times a derivative within half a
+            quantization step of the exact one. A key of its own because the same bits cost GELU far
+            more: a norm's input gradient reads its kept input only in a term scaled by a mean over the
+            normalised elements (a BN's is 2.5 % off at 2 bits), a GELU's is the output gradient times
+            the kept derivative, element by element (a transformer MLP's input gradient is 15-17 % off
+            at 2 bits, 3-5 % at 4 and 0.2 % at 8). None keeps the input whole (exact). Defaults to 4.
         freeze_region_norm_stats (bool): with ``lean_region``, run the region's BNs on their running
             statistics in training too (as ``norm_eval`` does for a backbone), so that they keep
             nothing of their input. This changes the forward (its effect on learning: the
@@ -150,7 +163,7 @@ class ActivationCompressionHook(Hook):
                  center: bool = True, precise_norm_batches: int = 0,
                  norm_input_bits: Optional[int] = 2, subspace: str = 'exact', subspace_batches: int = 8,
                  memory_budget_mib: Optional[float] = None, budget_batches: int = 2,
-                 truncate_batch: bool = False, patch_size: int = 2) -> None:
+                 truncate_batch: bool = False, patch_size: int = 2, gelu_bits: Optional[int] = 4) -> None:
         try:
             self.region = FineTuneRegion(
                 method=method, explained_variance=explained_variance, num_layers=num_layers, layers=layers,
@@ -158,7 +171,8 @@ class ActivationCompressionHook(Hook):
                 freeze_region_norm_stats=freeze_region_norm_stats, precise_norm_batches=precise_norm_batches,
                 norm_input_bits=norm_input_bits, center=center, subspace=subspace,
                 subspace_batches=subspace_batches, memory_budget_mib=memory_budget_mib,
-                budget_batches=budget_batches, truncate_batch=truncate_batch, patch_size=patch_size)
+                budget_batches=budget_batches, truncate_batch=truncate_batch, patch_size=patch_size,
+                gelu_bits=gelu_bits)
         except ValueError as e:
             raise HookConfigError(f'ActivationCompressionHook: {e}') from None
         self.require_load_from = bool(require_load_from)

@@ -31,6 +31,15 @@ OP_KEEPS = {
     'QuantizedInputBatchNormFunctionBackward': 'BN on batch statistics: its input quantized '
                                                '(norm_input_bits per element, a range per plane)',
     'RunningStatsBatchNormFunctionBackward': 'BN on running statistics: x_hat factors (trainable gamma)',
+    'QuantizedNormalisedLayerNormFunctionBackward': 'LayerNorm: its normalised input quantized '
+                                                    '(norm_input_bits per element, a range per sample and '
+                                                    'feature) and rstd per token',
+    'NativeLayerNormBackward0': 'LayerNorm: its full input (with mean and rstd per token)',
+    'QuantizedDerivativeGELUFunctionBackward': 'GELU: its derivative quantized (gelu_bits per element, a range '
+                                               'per sample)',
+    'GeluBackward0': 'GELU: its full input',
+    'SoftmaxBackward0': 'softmax (attention): its full output',
+    'BmmBackward0': 'batched matrix product (attention): its operands',
     'ShapeOnlyAdaptiveAvgPool2dFunctionBackward': 'adaptive pooling (shape only)',
     'RegeneratedDropoutFunctionBackward': 'dropout (seed only)',
     'ReluBackward0': 'ReLU: its full output',

@@ -22,6 +22,7 @@ from .convert import (CONV_TYPES, check_layer_path, compression_stats, freeze_al
                       trace_layer_order)
 from .gradfilt import GradFilterConv2d, validate_patch_size
 from .lean.batchnorm import LeanBatchNorm2d
+from .lean.layernorm import LeanLayerNorm
 from .lean.make import make_lean
 from .precise_bn import preserved_training_modes
 
@@ -67,7 +68,8 @@ class FineTuneRegion:
                  freeze_region_norm_stats: bool = False, precise_norm_batches: int = 0,
                  norm_input_bits: Optional[int] = 2, center: bool = True, subspace: str = 'exact',
                  subspace_batches: int = 8, memory_budget_mib: Optional[float] = None,
-                 budget_batches: int = 2, truncate_batch: bool = False, patch_size: int = 2) -> None:
+                 budget_batches: int = 2, truncate_batch: bool = False, patch_size: int = 2,
+                 gelu_bits: Optional[int] = 4) -> None:
         if method not in CONV_TYPES:
             raise ValueError(f'method={method!r} is not allowed; use one of {sorted(CONV_TYPES)}')
         try:
@@ -91,12 +93,8 @@ class FineTuneRegion:
         # SVD's one mode is the batch mode: it always truncates it
         self.truncate_batch = truncate_batch or method == 'svd'
         require_integer('precise_norm_batches', precise_norm_batches, 0)
-        if norm_input_bits is not None:
-            try:
-                validate_bits(norm_input_bits)
-            except ValueError:
-                raise ValueError(f'norm_input_bits={norm_input_bits!r} must be one of '
-                                 f'{list(QUANTIZATION_BITS)}, or None to keep region BN inputs whole') from None
+        validate_key_bits('norm_input_bits', norm_input_bits, 'region BN and LayerNorm inputs')
+        validate_key_bits('gelu_bits', gelu_bits, 'region GELU inputs')
         if method != 'none':
             validate_subspace(method, subspace, subspace_batches)
         self.patch_size = validate_patch_size(patch_size)
@@ -119,6 +117,7 @@ class FineTuneRegion:
                              'lean_region=True, method svd, hosvd or gradfilt)')
         self.precise_norm_batches = precise_norm_batches
         self.norm_input_bits = norm_input_bits
+        self.gelu_bits = gelu_bits
         self.center = center and method in METHODS
         self.layer_paths: List[str] = []
         self.fine_tuned: Dict[str, nn.Module] = {}
@@ -146,7 +145,7 @@ class FineTuneRegion:
         if self.lean_region:
             for root in sorted(set(region_modules(paths)) - set(paths)):
                 make_lean(model.get_submodule(root), self.explained_variance, self.norm_method,
-                          self.norm_input_bits)
+                          self.norm_input_bits, self.gelu_bits)
         self.fine_tuned = {p: model.get_submodule(p) for p in paths}
         self.layer_paths = list(paths)
         trainable_ids = set()
@@ -238,8 +237,8 @@ class FineTuneRegion:
     def summary(self, model: nn.Module) -> str:
         """A line of the options and the trainable parameter count, then two tables: the chosen layers
         (path, type, shape of weight, trainable parameters, and their ``explained_variance``, or
-        ``patch_size`` for ``'gradfilt'``) and the region's BNs (path, the statistics they normalise with,
-        what they keep for backward)."""
+        ``patch_size`` for ``'gradfilt'``) and the region's BNs and LayerNorms (path, the statistics they
+        normalise with, what they keep for backward)."""
         setting = 'patch_size' if self.method == 'gradfilt' else 'explained_variance'
         rows = [('#', 'layer', 'type', 'weight', 'trainable params', setting)]
         for i, path in enumerate(self.layer_paths, 1):
@@ -254,21 +253,26 @@ class FineTuneRegion:
                 f'{len(self.layer_paths)} layers, lean_region={self.lean_region}, '
                 f'freeze_region_norm_stats={self.freeze_region_norm_stats}, '
                 f'precise_norm_batches={self.precise_norm_batches}, '
-                f'norm_input_bits={self.norm_input_bits}, center={self.center}, '
+                f'norm_input_bits={self.norm_input_bits}, gelu_bits={self.gelu_bits}, center={self.center}, '
                 f'truncate_batch={self.truncate_batch}, subspace={self.subspace}, '
                 f'memory_budget_mib={self.memory_budget_mib}; '
                 f'{trainable}/{total} parameters trainable')
-        norms = [('region BN', 'statistics', 'keeps for backward')]
+        norms = [('region norm', 'statistics', 'keeps for backward')]
         for path, norm in model.named_modules():
-            if isinstance(norm, LeanBatchNorm2d):
+            if isinstance(norm, (LeanBatchNorm2d, LeanLayerNorm)):
                 norms.append((path, *self._norm_behaviour(norm)))
         text = head + '\n' + align(rows[0], rows[1:], left=len(rows[0]))
         if len(norms) > 1:
             text += '\n\n' + align(norms[0], norms[1:], left=len(norms[0]))
         return text
 
-    def _norm_behaviour(self, norm: LeanBatchNorm2d) -> Tuple[str, str]:
-        """(statistics, what it keeps) of a region BN during training, for :meth:`summary`."""
+    def _norm_behaviour(self, norm: nn.Module) -> Tuple[str, str]:
+        """(statistics, what it keeps) of a region BN or LayerNorm during training, for :meth:`summary`."""
+        if isinstance(norm, LeanLayerNorm):
+            if norm.input_bits is None:
+                return 'per token', 'its input whole (exact input and affine gradients)'
+            return 'per token', (f'x_hat in {norm.input_bits} bits per element and rstd per token (approximate '
+                                 'gradients)')
         if norm not in self.eval_norms:
             if norm.input_bits is None:
                 return 'batch', 'its input whole (exact input and affine gradients)'
@@ -281,6 +285,18 @@ class FineTuneRegion:
                 return statistics, 'x_hat whole for the gamma gradient'
             return statistics, f'x_hat for the gamma gradient, {norm.method} eps {norm.explained_variance}'
         return statistics, 'nothing'
+
+
+def validate_key_bits(key: str, bits: Optional[int], kept: str) -> None:
+    """ValueError naming ``key`` and the value unless ``bits`` is None or one of
+    :data:`~mmseg_actcomp.compression.QUANTIZATION_BITS`; ``kept`` says what None keeps whole."""
+    if bits is None:
+        return
+    try:
+        validate_bits(bits)
+    except ValueError:
+        raise ValueError(f'{key}={bits!r} must be one of {list(QUANTIZATION_BITS)}, or None to keep {kept} '
+                         'whole') from None
 
 
 def validate_budget(method: str, memory_budget_mib: Optional[float], budget_batches: int) -> None:

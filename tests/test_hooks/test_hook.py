@@ -11,7 +11,7 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
-from conftest import REPO, build_model_from_config, run_tool
+from conftest import REPO, SEGMENTER, build_model_from_config, mmseg_config, run_tool
 from mmseg_actcomp import ActivationCompressionHook, HOSVDConv2d, HOSVDLinear, SVDConv2d
 from mmseg_actcomp.ops.convert import trace_layer_order
 
@@ -208,8 +208,11 @@ def test_method_gradfilt_swaps_in_gradient_filters_and_trains(deeplab):
     (dict(explained_variance=1.5, num_layers=2), 'got 1.5'),
     (dict(num_layers=0), 'num_layers=0 must be an integer >= 1'),
     (dict(num_layers=2, norm_input_bits=16),
-     'norm_input_bits=16 must be one of [1, 2, 4, 8], or None to keep region BN inputs whole'),
+     'norm_input_bits=16 must be one of [1, 2, 4, 8], or None to keep region BN and LayerNorm inputs whole'),
     (dict(num_layers=2, norm_input_bits='8'), "norm_input_bits='8' must be one of"),
+    (dict(num_layers=2, gelu_bits=3),
+     'gelu_bits=3 must be one of [1, 2, 4, 8], or None to keep region GELU inputs whole'),
+    (dict(num_layers=2, gelu_bits=True), 'gelu_bits=True must be one of'),
     (dict(num_layers=2.5), 'num_layers=2.5 must be an integer >= 1'),
     (dict(), 'give exactly one of num_layers=N and layers=[paths]'),
     (dict(num_layers=2, layers=['decode_head.conv_seg']), 'give exactly one of'),
@@ -238,17 +241,6 @@ def test_too_many_layers_and_non_conv_paths(deeplab):
         ActivationCompressionHook(layers=['decode_head.bottleneck']).region.apply(deeplab)
     with pytest.raises(ValueError, match=r"'decode_head.nothing' is not a module of EncoderDecoder"):
         ActivationCompressionHook(layers=['decode_head.nothing']).region.apply(deeplab)
-
-
-def mmseg_config(relative):
-    """A config packaged with mmseg (what ``mmseg::<relative>`` names)."""
-    import mmseg
-    return osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs', relative)
-
-
-#: a transformer whose inference forward runs nn.Linear layers (SegFormer's MiT runs none: its attention is
-#: nn.MultiheadAttention, which reads its projections' weights directly, and its MLPs are 1x1 convolutions)
-SEGMENTER = 'segmenter/segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py'
 
 
 @pytest.mark.slow

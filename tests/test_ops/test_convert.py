@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmseg_actcomp.ops import HOSVDConv2d, HOSVDLinear, RegeneratedDropout, SVDLinear
+from mmseg_actcomp.ops import HOSVDConv2d, HOSVDLinear, LeanGELU, RegeneratedDropout, SVDLinear
 from mmseg_actcomp.ops.convert import check_layer_path, swap_layers, trace_layer_order
 from mmseg_actcomp.ops.region import FineTuneRegion
 
@@ -120,9 +120,10 @@ def test_num_layers_chooses_linear_layers_and_one_training_step_fine_tunes_them(
     layers = [model.get_submodule(p) for p in paths]
     assert all(type(m) is HOSVDLinear and m.layer_name == p and not m.truncate_batch and m.explained_variance == 0.9
                for p, m in zip(paths, layers))
-    # the region: 'blocks.1.mlp' made lean (its dropout), the LayerNorms and GELU left as they are
+    # the region: 'blocks.1.mlp' made lean (its dropout and GELU); the LayerNorms, outside it, left as they are
     assert type(model.blocks[1].mlp[2]) is RegeneratedDropout and type(model.blocks[0].mlp[2]) is nn.Dropout
-    assert type(model.blocks[1].mlp[1]) is nn.GELU and type(model.blocks[1].norm) is nn.LayerNorm
+    assert type(model.blocks[1].mlp[1]) is LeanGELU and model.blocks[1].mlp[1].derivative_bits == 4
+    assert type(model.blocks[0].mlp[1]) is nn.GELU and type(model.blocks[1].norm) is nn.LayerNorm
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         'blocks.1.mlp.0.weight', 'blocks.1.mlp.0.bias', 'blocks.1.mlp.3.weight', 'blocks.1.mlp.3.bias',
         'head.weight', 'head.bias'}
@@ -157,10 +158,12 @@ def test_num_layers_chooses_linear_layers_and_one_training_step_fine_tunes_them(
 
 
 def test_linear_layers_at_eps_one_fine_tune_exactly():
-    """At eps 1 with its batch mode truncated too, the chosen linear layers' and convolution's gradients are
-    the stock model's: the whole chain of choosing, swapping, lean region and freezing changes nothing."""
+    """At eps 1 with its batch mode truncated too, and the region's GELUs keeping their inputs whole, the
+    chosen linear layers' and convolution's gradients are the stock model's: the whole chain of choosing,
+    swapping, lean region and freezing changes nothing."""
     stock, model = tiny(), tiny()
-    region = FineTuneRegion(num_layers=6, explained_variance=1.0, truncate_batch=True, norm_input_bits=None)
+    region = FineTuneRegion(num_layers=6, explained_variance=1.0, truncate_batch=True, norm_input_bits=None,
+                            gelu_bits=None)
     paths = region.apply(model, example_forward(model))
     assert paths == ORDER and type(model.embed) is HOSVDConv2d
     assert [type(model.get_submodule(p)) for p in ORDER[1:]] == [HOSVDLinear] * 5

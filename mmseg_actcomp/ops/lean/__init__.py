@@ -11,25 +11,34 @@ module per op family, each stating what stock autograd keeps there and what its 
 * :mod:`.frozen_conv`: a frozen ``nn.Conv2d`` keeps its input; :class:`LeanConv2d` only its weight.
 * :mod:`.pooling`: ``nn.AdaptiveAvgPool2d`` keeps its input; :class:`LeanAdaptiveAvgPool2d` its shape.
 * :mod:`.dropout`: ``nn.Dropout`` / ``nn.Dropout2d`` keep a mask; :class:`RegeneratedDropout` a seed.
+* :mod:`.layernorm`: ``nn.LayerNorm`` keeps its input; :class:`LeanLayerNorm` its normalised input
+  quantized, and the inverse std per row.
+* :mod:`.gelu`: ``nn.GELU`` keeps its input; :class:`LeanGELU` its derivative quantized.
 * :mod:`.make`: :func:`make_lean` swaps all of these into a module tree (:mod:`.common`: shared helpers).
 
-Residual adds (``AddBackward0``), ``torch.cat``, bilinear resizes and global average pooling (a ``mean``)
-keep nothing full-size already.
+Residual adds (``AddBackward0``), ``torch.cat``, reshapes and transposes, bilinear resizes, global average
+pooling (a ``mean``) and drop path (a ``(B, 1, ..., 1)`` factor per sample) keep nothing full-size already.
 
 Pure torch: no mmseg / mmcv imports.
 """
 from .batchnorm import (LEAN_METHODS, LeanBatchNorm2d, QuantizedInputBatchNormFunction,
                         RunningStatsBatchNormFunction, channel_inner_products)
-from .common import validated_attribute
-from .dropout import RegeneratedDropout, RegeneratedDropoutFunction
+from .common import optional_bits, validated_attribute
+from .dropout import RegeneratedDropout, RegeneratedDropoutFunction, is_plain_dropout
 from .frozen_conv import LeanConv2d, conv_twin, explicit_padding, frozen_weight_conv2d
+from .gelu import LeanGELU, QuantizedDerivativeGELUFunction, gelu_derivative
+from .layernorm import (LeanLayerNorm, QuantizedNormalisedLayerNormFunction, from_sample_feature_planes,
+                        layer_norm_backward, sample_feature_planes)
 from .make import make_lean
 from .pooling import LeanAdaptiveAvgPool2d, ShapeOnlyAdaptiveAvgPool2dFunction
 from .relu import PackedMaskReLU, PackedMaskReLUFunction, pack_bits, packed_mask_relu, unpack_bits
 
 __all__ = [
     'LEAN_METHODS', 'LeanBatchNorm2d', 'QuantizedInputBatchNormFunction', 'RunningStatsBatchNormFunction',
-    'channel_inner_products', 'validated_attribute', 'RegeneratedDropout', 'RegeneratedDropoutFunction',
+    'channel_inner_products', 'optional_bits', 'validated_attribute', 'RegeneratedDropout',
+    'RegeneratedDropoutFunction', 'is_plain_dropout', 'LeanGELU', 'QuantizedDerivativeGELUFunction',
+    'gelu_derivative', 'LeanLayerNorm', 'QuantizedNormalisedLayerNormFunction', 'from_sample_feature_planes',
+    'layer_norm_backward', 'sample_feature_planes',
     'LeanConv2d', 'conv_twin', 'explicit_padding', 'frozen_weight_conv2d', 'make_lean', 'LeanAdaptiveAvgPool2d',
     'ShapeOnlyAdaptiveAvgPool2dFunction', 'PackedMaskReLU', 'PackedMaskReLUFunction', 'pack_bits',
     'packed_mask_relu', 'unpack_bits'

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 from torch.autograd.function import Function, once_differentiable
 
 from ...compression import (METHODS, Quantized, Tucker, autocast_disabled, compress, dequantize, mode_product,
-                            multi_mode_product, quantize, validate_bits, validate_explained_variance)
+                            multi_mode_product, quantize, validate_explained_variance)
 from ..functional import CHANNEL_MODE
-from .common import _grad_needed, _memory_format, validated_attribute
+from .common import _grad_needed, _memory_format, optional_bits, validated_attribute
 
 #: what a lean BN keeps of ``x_hat`` when ``gamma`` is trainable: a truncated decomposition, or (``'none'``)
 #: the whole tensor, as stock BN would.
@@ -31,13 +31,7 @@ def _validate_method(method: str) -> str:
     return method
 
 
-def _validate_input_bits(bits: Optional[int]) -> Optional[int]:
-    if bits is None:
-        return None
-    try:
-        return validate_bits(bits)
-    except ValueError as e:
-        raise ValueError(f'input_bits: {e} (or None to keep the input whole)') from None
+_validate_input_bits = optional_bits('input_bits')
 
 
 def channel_inner_products(tucker: Tucker, grad: Tensor) -> Tensor:

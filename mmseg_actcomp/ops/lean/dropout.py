@@ -2,6 +2,9 @@
 
 Stock ``nn.Dropout`` keeps a full-size mask (a byte per element); ``nn.Dropout2d`` (decode heads) a
 ``(B, C, 1, 1)`` noise tensor. :class:`RegeneratedDropout` keeps a seed and regenerates the mask in backward.
+
+Drop path (stochastic depth: mmcv's ``DropPath``, timm's ``drop_path``) multiplies each sample by one
+random number: it keeps a ``(B, 1, ..., 1)`` tensor, nothing full-size, and is left as it is.
 """
 import torch
 from torch import Tensor, nn
@@ -27,6 +30,13 @@ def _dropout_noise(shape: torch.Size, dtype: torch.dtype, device: torch.device, 
     if p < 1:
         noise.div_(1 - p)
     return noise
+
+
+def is_plain_dropout(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Dropout`` or ``nn.Dropout2d``, or a subclass running their own
+    ``forward`` (mmcv's ``Dropout``, which only renames ``p`` to ``drop_prob``)."""
+    return any(isinstance(module, kind) and type(module).forward is kind.forward
+               for kind in (nn.Dropout, nn.Dropout2d))
 
 
 class RegeneratedDropoutFunction(Function):
@@ -79,11 +89,12 @@ class RegeneratedDropout(nn.Module):
 
     @classmethod
     def from_module(cls, module: nn.Module) -> 'RegeneratedDropout':
-        """The lean twin of an ``nn.Dropout`` or ``nn.Dropout2d`` (same ``p``, ``inplace``, training flag)."""
-        if type(module) not in (nn.Dropout, nn.Dropout2d):
+        """The lean twin of an ``nn.Dropout`` or ``nn.Dropout2d`` (same ``p``, ``inplace``, training flag), or
+        of a subclass that keeps their ``forward`` (:func:`is_plain_dropout`: mmcv's ``Dropout``)."""
+        if not is_plain_dropout(module):
             raise TypeError(f'RegeneratedDropout.from_module expects nn.Dropout or nn.Dropout2d, got '
                             f'{type(module).__name__}')
-        new = cls(module.p, type(module) is nn.Dropout2d, module.inplace)
+        new = cls(module.p, isinstance(module, nn.Dropout2d), module.inplace)
         return new.train(module.training)
 
     def forward(self, x: Tensor) -> Tensor:

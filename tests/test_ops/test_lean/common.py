@@ -53,3 +53,25 @@ def run_grads(model, x, seed=1):
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(out, [x] + params, g)
     return out, dict(zip(['input'] + names, grads))
+
+
+def token_activation(shape=(2, 49, 32), components=6, outliers=0, seed=0, dtype=torch.float32):
+    """Transformer tokens ``(B, N, C)`` as a block's residual stream looks: ``sum_j a_j (x) c_j / j`` over
+    ``components`` token and feature loadings, plus noise, each token scaled by its own factor in [1, 4]
+    (token norms differ) and, with ``outliers``, that many features shifted by about 20 in every token (the
+    outlier features of trained transformers)."""
+    g = torch.Generator().manual_seed(seed)
+    b, n, c = shape
+    weights = 1.0 / torch.arange(1, components + 1)
+    x = torch.einsum('j,bnj,jc->bnc', weights, torch.randn(b, n, components, generator=g),
+                     torch.randn(components, c, generator=g))
+    x = (x + 0.3 * torch.randn(shape, generator=g)) * (1 + 3 * torch.rand(b, n, 1, generator=g) ** 4)
+    if outliers:
+        features = torch.randperm(c, generator=g)[:outliers]
+        x[..., features] += 20 * (1 + 0.2 * torch.randn(b, n, outliers, generator=g))
+    return x.to(dtype)
+
+
+def relative_error(actual, expected):
+    """``||actual - expected|| / ||expected||`` (Frobenius), as a float."""
+    return float((actual.double() - expected.double()).norm() / expected.double().norm())

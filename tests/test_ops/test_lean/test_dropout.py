@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from mmseg_actcomp.ops import RegeneratedDropout
+from mmseg_actcomp.ops.lean import is_plain_dropout
 from conftest import saved_tensors
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -68,3 +69,44 @@ def test_dropout_from_module_keeps_the_settings():
     assert (twin.p, twin.channelwise, twin.inplace, twin.training) == (0.1, True, False, False)
     twin = RegeneratedDropout.from_module(nn.Dropout(0.2, inplace=True))
     assert (twin.p, twin.channelwise, twin.inplace, twin.training) == (0.2, False, True, True)
+
+
+def test_dropout_from_module_takes_mmcv_dropout_not_a_subclass_with_its_own_forward():
+    from mmcv.cnn.bricks.drop import Dropout as MMCVDropout
+
+    class Scaled(nn.Dropout):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    twin = RegeneratedDropout.from_module(MMCVDropout(0.3, inplace=True))
+    assert (twin.p, twin.channelwise, twin.inplace) == (0.3, False, True)
+    assert is_plain_dropout(nn.Dropout2d()) and not is_plain_dropout(Scaled()) and not is_plain_dropout(nn.ReLU())
+    with pytest.raises(TypeError, match='expects nn.Dropout or nn.Dropout2d, got Scaled'):
+        RegeneratedDropout.from_module(Scaled())
+
+
+def timm_drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True):
+    """timm's ``drop_path`` (timm.layers.drop, verbatim; timm is not installed here)."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep_prob = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    random_tensor = x.new_empty(shape).bernoulli_(keep_prob)
+    if keep_prob > 0.0 and scale_by_keep:
+        random_tensor.div_(keep_prob)
+    return x * random_tensor
+
+
+@pytest.mark.parametrize('kind', ['mmcv', 'timm'])
+def test_drop_path_keeps_one_factor_per_sample_only(kind):
+    """Stochastic depth scales each sample by one random number: autograd keeps that ``(B, 1, ..., 1)``
+    tensor and nothing full-size, so make_lean leaves it alone."""
+    from mmcv.cnn.bricks.drop import DropPath
+    torch.manual_seed(0)
+    x = torch.randn(8, 10, 16, requires_grad=True)
+    layer = DropPath(0.5) if kind == 'mmcv' else (lambda t: timm_drop_path(t, 0.5, True))
+    out, saved = saved_tensors(lambda: layer(x))
+    assert [tuple(t.shape) for t in saved] == [(8, 1, 1)]
+    dropped = (out == 0).flatten(1).all(1)
+    assert dropped.any() and not dropped.all()  # some samples dropped whole, the others scaled by 2
+    torch.testing.assert_close(out[~dropped], x[~dropped] * 2)

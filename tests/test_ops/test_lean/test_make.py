@@ -13,7 +13,8 @@ from mmseg.models.backbones.resnet import BasicBlock
 from torch import nn
 
 from mmseg_actcomp.memory import measure_step
-from mmseg_actcomp.ops import HOSVDConv2d, LeanBatchNorm2d, PackedMaskReLU, RegeneratedDropout, make_lean
+from mmseg_actcomp.ops import (HOSVDConv2d, LeanBatchNorm2d, LeanGELU, LeanLayerNorm, PackedMaskReLU,
+                               RegeneratedDropout, make_lean)
 from conftest import low_rank_activation, saved_tensors
 from .common import randomize_bn, run_grads, saved_bytes
 
@@ -200,6 +201,96 @@ def test_make_lean_leaves_other_norms_and_the_root_alone():
         make_lean(model, 0.8, 'HOSVD')
 
 
+# --- transformer regions ----------------------------------------------------------------------------------
+
+
+def test_make_lean_on_mmcv_ffn_and_attention_takes_layer_norm_gelu_and_every_dropout():
+    """mmcv's FFN and MultiheadAttention as mmseg's ViT builds them: GELU, nn.Dropout and mmcv's Dropout
+    become lean, a LayerNorm shares its parameters with its twin, DropPath and nn.MultiheadAttention (whose
+    internals are functional) stay; a second call updates the bits in place."""
+    from mmcv.cnn.bricks.drop import DropPath
+    from mmcv.cnn.bricks.transformer import FFN, MultiheadAttention
+    layer = nn.ModuleDict(dict(
+        ln=nn.LayerNorm(16),
+        attn=MultiheadAttention(16, 2, attn_drop=0.1, proj_drop=0.1, batch_first=True,
+                                dropout_layer=dict(type='Dropout', drop_prob=0.1)),
+        ffn=FFN(16, 32, ffn_drop=0.1, act_cfg=dict(type='GELU'),
+                dropout_layer=dict(type='DropPath', drop_prob=0.1))))
+    keys, params = list(layer.state_dict()), list(layer.parameters())
+    lean = make_lean(layer, 0.8, 'hosvd', input_bits=2, gelu_bits=4)
+    assert sorted(lean) == ['attn.dropout_layer', 'attn.proj_drop', 'ffn.layers.0.1', 'ffn.layers.0.2',
+                            'ffn.layers.2', 'ln']
+    assert type(layer.ln) is LeanLayerNorm and layer.ln.input_bits == 2
+    assert type(layer.ffn.layers[0][1]) is LeanGELU and layer.ffn.layers[0][1].derivative_bits == 4
+    assert all(type(lean[p]) is RegeneratedDropout and lean[p].p == 0.1 for p in sorted(lean)[:2] + ['ffn.layers.2'])
+    assert type(layer.ffn.dropout_layer) is DropPath and type(layer.attn.attn) is nn.MultiheadAttention
+    assert list(layer.state_dict()) == keys and all(a is b for a, b in zip(layer.parameters(), params))
+    assert make_lean(layer, 0.8, 'hosvd', input_bits=8, gelu_bits=None) == lean
+    assert layer.ln.input_bits == 8 and layer.ffn.layers[0][1].derivative_bits is None
+    with pytest.raises(ValueError, match=r'gelu_bits: bits=3 is not one of \[1, 2, 4, 8\]'):
+        make_lean(layer, 0.8, 'hosvd', gelu_bits=3)
+
+
+class PreNormBlock(nn.Module):
+    """The MLP half of a pre-norm transformer block, mmcv's dropout and drop path included:
+    ``x + DropPath(Linear(Dropout(GELU(Linear(LayerNorm(x))))))`` on ``(B, N, C)`` tokens."""
+
+    def __init__(self, dim=32, hidden=128, p=0.1):
+        from mmcv.cnn.bricks.drop import DropPath, Dropout
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.drop = Dropout(p)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop_path = DropPath(p)
+
+    def forward(self, x):
+        return x + self.drop_path(self.fc2(self.drop(self.act(self.fc1(self.norm(x))))))
+
+
+def test_pre_norm_block_region_keeps_the_factors_the_lean_saves_and_the_drop_path_factor():
+    """FineTuneRegion(num_layers=2) chooses the block's two linear layers; its region (the block) then keeps
+    exactly their factors, the LayerNorm's 2-bit x_hat with its ranges and rstd, the GELU's 4-bit derivative
+    with its ranges, and drop path's (B, 1, 1) factor: residual add, dropout and reshapes keep nothing."""
+    from mmseg_actcomp.ops.region import FineTuneRegion
+    from .common import token_activation
+    torch.manual_seed(0)
+    model = nn.Sequential(PreNormBlock())
+    stock = copy.deepcopy(model)
+    region = FineTuneRegion(num_layers=2)
+    x = token_activation((4, 49, 32), outliers=2).requires_grad_()  # (B, N, C): upstream layers train
+    paths = region.apply(model, lambda: model(x[:1]))
+    assert paths == ['0.fc1', '0.fc2']
+    block = model[0]
+    assert (type(block.norm), type(block.act), type(block.drop)) == (LeanLayerNorm, LeanGELU, RegeneratedDropout)
+    assert not block.norm.weight.requires_grad and block.fc1.weight.requires_grad
+    summary = region.summary(model)
+    assert 'norm_input_bits=2, gelu_bits=4' in summary.splitlines()[0]
+    assert summary.splitlines()[-2:] == [
+        'region norm  statistics  keeps for backward',
+        '0.norm       per token   x_hat in 2 bits per element and rstd per token (approximate gradients)']
+    model.train()
+    torch.manual_seed(1)  # drop path keeps some samples and drops others
+    step = measure_step(model, lambda: model(x).sum(), paths)
+    tokens, hidden = 4 * 49, 4 * 49 * 128
+    norm_bytes = math.ceil(tokens * 32 * 2 / 8) + 2 * 4 * 4 * 32 + 4 * tokens  # codes, (low, step), rstd
+    gelu_bytes = math.ceil(hidden * 4 / 8) + 2 * 4 * 4  # codes, (low, step) per sample
+    factors = block.fc1.last_kept_bytes + block.fc2.last_kept_bytes
+    per_op = {op: row['bytes'] for op, row in step.saved['per_op']['region'].items()}
+    assert per_op == {'CompressedLinearFunctionBackward': factors,
+                      'QuantizedNormalisedLayerNormFunctionBackward': norm_bytes,
+                      'QuantizedDerivativeGELUFunctionBackward': gelu_bytes,
+                      'MulBackward0': 4 * 4}  # drop path: one float32 per sample
+    assert step.saved['region'] == sum(per_op.values()) and step.saved['rest'] == 0
+    stock.train()
+    vanilla = measure_step(stock, lambda: stock(x).sum(), paths)
+    stock_ops = vanilla.saved['per_op']['region']
+    assert stock_ops['NativeLayerNormBackward0']['bytes'] == tokens * 32 * 4 + 2 * 4 * tokens  # input, mean, rstd
+    assert stock_ops['GeluBackward0']['bytes'] == hidden * 4
+    assert step.saved['region'] < vanilla.saved['region'] / 5
+
+
 # --- integration prototype: the hook's region of a real segmentor ---------------------------------------
 
 
@@ -276,3 +367,58 @@ def test_region_bns_on_batch_statistics_keep_their_input_in_2_bits_by_default():
     # 2 bits for float32: a sixteenth, plus per BN its plane ranges and batch statistics (kilobytes)
     bytes_2, bytes_whole = region_bn['default']['bytes'], region_bn[None]['bytes']
     assert bytes_whole / 16 < bytes_2 < bytes_whole / 16 + region_bn[None]['saves'] * 16 * 1024
+
+
+def test_segmenter_head_region_keeps_the_factors_the_lean_saves_and_what_attention_must():
+    """mmseg's Segmenter ViT-T with its last 5 layers chosen: the mask head's linear layers, so the region is
+    the whole head. It keeps exactly the factors, its LayerNorms' 2-bit x_hat (ranges, rstd), its GELU's
+    4-bit derivative, drop path's factor per sample, and what attention must keep whole: the softmax output
+    (which its second product reads too) and the query, key and value of its products. No LayerNorm, GELU
+    or dropout keeps a full-size tensor. (Layer 0 runs on frozen features: only its chosen fc2 keeps
+    anything.)"""
+    from conftest import SEGMENTER, build_model_from_config, mmseg_config
+    from mmseg_actcomp.ops.region import FineTuneRegion
+
+    _, model = build_model_from_config(mmseg_config(SEGMENTER))
+    region = FineTuneRegion(num_layers=5)
+    paths = region.apply(model)
+    head = model.decode_head
+    norms = [m for m in head.modules() if isinstance(m, nn.LayerNorm)]
+    gelus = [m for m in head.modules() if isinstance(m, nn.GELU)]
+    assert len(norms) == 6 and all(type(m) is LeanLayerNorm and m.input_bits == 2 for m in norms)
+    assert len(gelus) == 2 and all(type(m) is LeanGELU and m.derivative_bits == 4 for m in gelus)
+    expected = {'QuantizedNormalisedLayerNormFunctionBackward': 0, 'QuantizedDerivativeGELUFunctionBackward': 0}
+
+    def count(op, bits, ranges):
+        def hook(module, args, out):
+            if out.requires_grad:
+                x, = args
+                expected[op] += math.ceil(x.numel() * bits / 8) + ranges(x)
+        return hook
+
+    for norm in norms:  # codes; (low, step) per (sample, feature) and rstd per token, float32
+        norm.register_forward_hook(count('QuantizedNormalisedLayerNormFunctionBackward', 2,
+                                         lambda x: 8 * x.shape[0] * x.shape[-1] + 4 * x[..., 0].numel()))
+    for gelu in gelus:  # codes; (low, step) per sample
+        gelu.register_forward_hook(count('QuantizedDerivativeGELUFunctionBackward', 4, lambda x: 8 * x.shape[0]))
+    model.train()
+    region.set_norms_eval()
+    batch, heads, head_dim = 2, 3, 64
+    tokens = (64 // 16) ** 2 + head.num_classes  # patches of a 64x64 image, and the class embeddings
+    x = torch.rand(batch, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    step = measure_step(model, lambda: model(x, mode='tensor').sum(), paths)
+    per_op = step.saved['per_op']['region']
+    assert set(per_op) == {'CompressedLinearFunctionBackward', 'QuantizedNormalisedLayerNormFunctionBackward',
+                           'QuantizedDerivativeGELUFunctionBackward', 'SoftmaxBackward0', 'BmmBackward0',
+                           'MulBackward0'}
+    assert per_op['CompressedLinearFunctionBackward']['bytes'] == sum(
+        region.fine_tuned[p].last_kept_bytes for p in paths)
+    assert expected['QuantizedNormalisedLayerNormFunctionBackward'] > 0 and all(
+        per_op[op]['bytes'] == expected[op] for op in expected)
+    assert per_op['MulBackward0']['bytes'] == batch * 4  # drop path of layer 1
+    # one attention (layer 1's) keeps its softmax output, and three (B heads, N, d) query, key, value tensors
+    softmax = batch * heads * tokens * tokens * 4
+    assert per_op['SoftmaxBackward0']['bytes'] == softmax
+    assert per_op['BmmBackward0']['exclusive_bytes'] == 3 * batch * heads * tokens * head_dim * 4
+    assert step.saved['region'] == sum(row['exclusive_bytes'] for row in per_op.values()) + softmax
