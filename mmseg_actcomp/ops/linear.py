@@ -15,7 +15,36 @@ from .compressed import CompressedLayer, register_layers
 from .functional import autocast_layer_args, compressed_linear, linear_weight_from_tucker
 
 
-class CompressedLinear(CompressedLayer, nn.Linear):
+class LinearCompression(CompressedLayer):
+    """What a compressed layer computing ``F.linear(x, weight, bias)`` on a channel-last input adds to
+    :class:`~mmseg_actcomp.ops.CompressedLayer`: its input layout, weight gradient and compressing forward.
+    The base of :class:`CompressedLinear` (an ``nn.Linear``) and of
+    :class:`~mmseg_actcomp.ops.attention.CompressedProjection` (an attention's query, key or value
+    projection, whose ``weight`` and ``bias`` are rows of its attention's Parameters); listed before the
+    layer type, whose ``forward`` runs when nothing is compressed."""
+    channel_mode = -1
+
+    def prepare_input(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor], tuple]:
+        """``(x, weight, bias, ())`` cast as autocast casts a linear layer's arguments."""
+        return (*autocast_layer_args(x, self.weight, self.bias), ())
+
+    def weight_gradient(self, tucker: Tucker, grad_output: Tensor, args: tuple = ()) -> Tensor:
+        """:func:`~mmseg_actcomp.ops.functional.linear_weight_from_tucker` of ``tucker: (..., C)`` and
+        ``grad_output: (..., O)``."""
+        return linear_weight_from_tucker(tucker, grad_output)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: ``(..., C)``: ``(B, C)``, ``(B, N, C)``, ``(B, H, W, C)``, or unbatched ``(C,)``; returns
+        ``(..., O)``."""
+        if not self._compresses(x):
+            return super().forward(x)
+        if x.dim() == 1:
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        x, weight, bias, _ = self.prepare_input(x)
+        return compressed_linear(x, weight, bias, self.keep(x))
+
+
+class CompressedLinear(LinearCompression, nn.Linear):
     """``nn.Linear`` that, while training, keeps a truncated decomposition of its input for backward.
 
     Subclasses choose the decomposition with the class attribute ``method`` (a key of
@@ -51,7 +80,6 @@ class CompressedLinear(CompressedLayer, nn.Linear):
         ``'frozen'`` carry over the bases of every mode but the batch one: tokens and channels),
         ``subspace_batches`` and ``truncate_batch``, as :class:`~mmseg_actcomp.ops.CompressedConv2d`'s.
     """
-    channel_mode = -1
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  explained_variance: float = 0.8, center: bool = True, subspace: str = 'exact',
@@ -77,25 +105,6 @@ class CompressedLinear(CompressedLayer, nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self.compression_repr()
-
-    def prepare_input(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor], tuple]:
-        """``(x, weight, bias, ())`` cast as autocast casts a linear layer's arguments."""
-        return (*autocast_layer_args(x, self.weight, self.bias), ())
-
-    def weight_gradient(self, tucker: Tucker, grad_output: Tensor, args: tuple = ()) -> Tensor:
-        """:func:`~mmseg_actcomp.ops.functional.linear_weight_from_tucker` of ``tucker: (..., C)`` and
-        ``grad_output: (..., O)``."""
-        return linear_weight_from_tucker(tucker, grad_output)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: ``(..., C)``: ``(B, C)``, ``(B, N, C)``, ``(B, H, W, C)``, or unbatched ``(C,)``; returns
-        ``(..., O)``."""
-        if not self._compresses(x):
-            return super().forward(x)
-        if x.dim() == 1:
-            return self.forward(x.unsqueeze(0)).squeeze(0)
-        x, weight, bias, _ = self.prepare_input(x)
-        return compressed_linear(x, weight, bias, self.keep(x))
 
 
 class SVDLinear(CompressedLinear):
