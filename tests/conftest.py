@@ -62,8 +62,9 @@ def mmseg_config(relative):
     return osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs', relative)
 
 
-#: a transformer whose inference forward runs nn.Linear layers (SegFormer's MiT runs none: its attention is
-#: nn.MultiheadAttention, which reads its projections' weights directly, and its MLPs are 1x1 convolutions)
+#: a transformer whose inference forward runs nn.Linear layers (a stock SegFormer MiT runs none: its MLPs are 1x1
+#: convolutions and its nn.MultiheadAttention reads its projections' weights directly, until the region makes them
+#: layers: tests/test_ops/test_attention.py)
 SEGMENTER = 'segmenter/segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py'
 
 

@@ -1,13 +1,16 @@
-"""Choose convolutions and linear layers of any ``nn.Module`` and swap them for compressed ones, in place.
+"""Choose convolutions, linear layers and attention projections of any ``nn.Module`` and swap them for
+compressed ones, in place.
 
 Generic model surgery, pure torch: layers are named by their module path (``model.get_submodule``),
-chosen either explicitly or as the last N convolutions and linear layers in the order a forward pass runs
-them.
+chosen either explicitly or as the last N such layers in the order a forward pass runs them. A layer
+trains its Parameters whole: layers that read one Parameter (an attention's query, key and value
+projections, rows of one ``in_proj_weight``) are chosen together (:func:`tied_layers`).
 """
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from torch import nn
 
+from .attention import AttentionProjection, HOSVDProjection, SVDProjection
 from .compressed import CompressedLayer
 from .conv import HOSVDConv2d, SVDConv2d
 from .gradfilt import GradFilterConv2d
@@ -15,9 +18,12 @@ from .linear import HOSVDLinear, SVDLinear
 
 #: the layer kinds that can be chosen -> method name -> the layer type that replaces one (None: keep it as it
 #: is). Gradient Filter is for convolutions only (its patches are spatial): a linear layer has no entry.
+#: An attention projection is a :class:`~mmseg_actcomp.ops.attention.LeanMultiheadAttention`'s ``q_proj``,
+#: ``k_proj`` or ``v_proj`` (its ``out_proj`` is an ``nn.Linear``).
 LAYER_TYPES = {
     nn.Conv2d: {'hosvd': HOSVDConv2d, 'svd': SVDConv2d, 'gradfilt': GradFilterConv2d, 'none': None},
     nn.Linear: {'hosvd': HOSVDLinear, 'svd': SVDLinear, 'none': None},
+    AttentionProjection: {'hosvd': HOSVDProjection, 'svd': SVDProjection, 'none': None},
 }
 #: method name -> layer type that replaces an ``nn.Conv2d`` (None: keep the plain conv); its keys are the
 #: methods
@@ -26,7 +32,7 @@ CONV_TYPES = LAYER_TYPES[nn.Conv2d]
 #: ``last_vanilla_bytes``, ``last_input_shape``; HOSVD/SVD also ``last_ranks``)
 KEEPING_TYPES = (CompressedLayer, GradFilterConv2d)
 #: what the layer choice says it counts, in messages
-CHOSEN_KINDS = 'convolutions and linear layers (nn.Conv2d, nn.Linear)'
+CHOSEN_KINDS = 'convolutions, linear layers and attention projections (nn.Conv2d, nn.Linear, AttentionProjection)'
 
 
 def layer_kind(module: nn.Module) -> Optional[type]:
@@ -36,12 +42,13 @@ def layer_kind(module: nn.Module) -> Optional[type]:
 
 
 def trace_layer_order(model: nn.Module, run_forward: Callable[[], object]) -> List[str]:
-    """Module paths of ``model``'s ``nn.Conv2d`` and ``nn.Linear`` layers in the order ``run_forward()``
+    """Module paths of ``model``'s layers of :data:`LAYER_TYPES`' kinds in the order ``run_forward()``
     first calls them.
 
     Registration order is not forward order (e.g. a ResNet block registers ``downsample`` last but a
     head may define its classifier first), hence tracing. Layers that the forward never calls are left out,
-    e.g. ``nn.MultiheadAttention``'s ``out_proj``, whose weight the attention reads directly.
+    e.g. a stock ``nn.MultiheadAttention``'s ``out_proj``, whose weight it reads directly
+    (:func:`~mmseg_actcomp.ops.attention.expose_attention_projections` makes them layers).
     """
     order: List[str] = []
     handles = []
@@ -58,7 +65,7 @@ def trace_layer_order(model: nn.Module, run_forward: Callable[[], object]) -> Li
 
 
 def check_layer_path(model: nn.Module, path: str, method: Optional[str] = None) -> nn.Module:
-    """The ``nn.Conv2d`` or ``nn.Linear`` at ``path``; ValueError naming the path and what is there
+    """The layer of a :data:`LAYER_TYPES` kind at ``path``; ValueError naming the path and what is there
     otherwise, or (with ``method``) naming the layer and why ``method`` cannot compress it."""
     try:
         module = model.get_submodule(path)
@@ -70,11 +77,13 @@ def check_layer_path(model: nn.Module, path: str, method: Optional[str] = None) 
         hint = f'; the layers inside it are {inner[:6]}' if inner else ''
         raise ValueError(f'layers: {path!r} is a {type(module).__name__}, not one of the {CHOSEN_KINDS}{hint}')
     parent = model.get_submodule(path.rpartition('.')[0]) if '.' in path else model
-    if isinstance(parent, nn.MultiheadAttention):
+    if type(parent) is nn.MultiheadAttention:
         raise ValueError(f'layers: {path!r} is the {path.rpartition(".")[2]} of an nn.MultiheadAttention, which '
-                         'reads its weight directly and never calls it: it cannot keep its input compressed')
+                         'reads its weight directly and never calls it: make its projections layers first '
+                         '(expose_attention_projections, as FineTuneRegion does)')
     if method is not None and method not in LAYER_TYPES[kind]:
-        raise ValueError(f"{path!r} is an nn.{kind.__name__}: method={method!r} (Gradient Filter) is for "
+        name = f'nn.{kind.__name__}' if kind.__module__.startswith('torch.') else kind.__name__
+        raise ValueError(f"{path!r} is an {name}: method={method!r} (Gradient Filter) is for "
                          "convolutions only, its patches being spatial; give layers=[...] that are convolutions, "
                          f"or use one of {sorted(LAYER_TYPES[kind])}")
     return module
@@ -88,10 +97,32 @@ def select_last(order: Sequence[str], num_layers: int) -> List[str]:
     return list(order[len(order) - num_layers:])
 
 
+def tied_layers(model: nn.Module, paths: Iterable[str]) -> List[str]:
+    """The layers of ``model`` not in ``paths`` that read a Parameter one of ``paths`` trains
+    (:func:`trained_parameters`): fine-tuning that layer trains them too, so they must be chosen with it.
+    Only an attention's query, key and value projections share Parameters (rows of one ``in_proj_weight``,
+    or of one ``in_proj_bias``). Sorted by path."""
+    paths = list(paths)
+    trained = {id(p) for path in paths for p in trained_parameters(model.get_submodule(path))}
+    return sorted(path for path, module in model.named_modules() if layer_kind(module) is not None
+                  and path not in paths and any(id(p) in trained for p in trained_parameters(module)))
+
+
+def trained_parameters(layer: nn.Module) -> List[nn.Parameter]:
+    """The Parameters that fine-tuning ``layer`` trains: its own, or the attention's that an attention
+    projection reads rows of (:meth:`~mmseg_actcomp.ops.attention.AttentionProjection.source_parameters`)."""
+    if isinstance(layer, AttentionProjection):
+        return layer.source_parameters()
+    return list(layer.parameters())
+
+
 def _twin(new_type: type, layer: nn.Module, options: dict) -> nn.Module:
-    """A ``new_type`` sharing ``layer``'s parameters (its ``from_conv`` or ``from_linear``)."""
+    """A ``new_type`` sharing ``layer``'s parameters (its ``from_conv``, ``from_linear`` or
+    ``from_projection``)."""
     if isinstance(layer, nn.Conv2d):
         return new_type.from_conv(layer, **options)
+    if isinstance(layer, AttentionProjection):
+        return new_type.from_projection(layer, **options)
     return new_type.from_linear(layer, **options)
 
 
@@ -99,16 +130,16 @@ def swap_layers(model: nn.Module, paths: Iterable[str], method: str,
                 explained_variance: float, center: bool = True, subspace: str = 'exact',
                 subspace_batches: int = 8, truncate_batch: bool = True,
                 patch_size: int = 2) -> Dict[str, nn.Module]:
-    """Replace each conv or linear layer at ``paths`` by the layer type of ``method`` for its kind
-    (:data:`LAYER_TYPES`), sharing its parameters: for ``'svd'``/``'hosvd'`` with ``explained_variance``,
-    ``center``, ``subspace``, ``subspace_batches`` and ``truncate_batch`` as in
+    """Replace each conv, linear layer or attention projection at ``paths`` by the layer type of ``method``
+    for its kind (:data:`LAYER_TYPES`), sharing its parameters: for ``'svd'``/``'hosvd'`` with
+    ``explained_variance``, ``center``, ``subspace``, ``subspace_batches`` and ``truncate_batch`` as in
     :class:`~mmseg_actcomp.ops.CompressedConv2d` / :class:`~mmseg_actcomp.ops.CompressedLinear`, for
-    ``'gradfilt'`` (convolutions only: ValueError naming a linear layer) with ``patch_size`` as in
+    ``'gradfilt'`` (convolutions only: ValueError naming another layer) with ``patch_size`` as in
     :class:`~mmseg_actcomp.ops.GradFilterConv2d`.
 
     Idempotent: a layer already of the wanted type only gets ``explained_variance`` and ``center`` (resp.
     ``patch_size``) updated (and keeps its subspace state); a different ``truncate_batch`` makes a new twin.
-    Returns path -> the layer now in the model (the plain ``nn.Conv2d`` / ``nn.Linear`` for ``'none'``).
+    Returns path -> the layer now in the model (the layer as it was for ``'none'``).
     """
     if method not in CONV_TYPES:
         raise ValueError(f'method={method!r} is not one of {sorted(CONV_TYPES)}')
@@ -137,9 +168,9 @@ def swap_layers(model: nn.Module, paths: Iterable[str], method: str,
 
 
 def freeze_all_but(model: nn.Module, trainable: Iterable[nn.Module]) -> List[str]:
-    """Set ``requires_grad`` False on every parameter outside the ``trainable`` modules (whose own
-    parameters are set True). Returns the names of the trainable parameters."""
-    keep = {id(p) for m in trainable for p in m.parameters()}
+    """Set ``requires_grad`` False on every parameter outside the ``trainable`` modules (whose
+    :func:`trained_parameters` are set True). Returns the names of the trainable parameters."""
+    keep = {id(p) for m in trainable for p in trained_parameters(m)}
     names = []
     for name, p in model.named_parameters():
         p.requires_grad_(id(p) in keep)

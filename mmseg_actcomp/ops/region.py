@@ -1,9 +1,10 @@
 """The fine-tuned region of a segmentor and the surgery that makes it, in one plain class.
 
 :class:`FineTuneRegion` holds what ``ActivationCompressionHook``'s config line says (method, eps, which
-layers, what to freeze, how the region's BNs run) and does it to a bare model: choose the convolutions and
-linear layers, swap them for compressed ones, make the rest of their region lean, freeze everything else, keep frozen
-BNs on running statistics. The hook, the memory tool and the benchmarks all call it; only the hook knows
+layers, what to freeze, how the region's BNs run) and does it to a bare model: make attention projections
+layers, choose the convolutions, linear layers and attention projections, swap them for compressed ones, make
+the rest of their region lean, freeze everything else, keep frozen BNs on running statistics.
+The hook, the memory tool and the benchmarks all call it; only the hook knows
 about runners.
 """
 import math
@@ -16,10 +17,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..compression import METHODS, QUANTIZATION_BITS, validate_bits, validate_explained_variance
 from ..utils.table import align
 from ..utils.validate import require_integer
+from .attention import expose_attention_projections
 from .budget import MIB, Cost, budget_table, calibration_costs, choose_explained_variance, unchanged
 from .compressed import CompressedLayer, validate_subspace
 from .convert import (CONV_TYPES, check_layer_path, compression_stats, freeze_all_but, select_last, swap_layers,
-                      trace_layer_order)
+                      tied_layers, trace_layer_order)
 from .gradfilt import GradFilterConv2d, validate_patch_size
 from .lean.batchnorm import LeanBatchNorm2d
 from .lean.layernorm import LeanLayerNorm
@@ -45,7 +47,8 @@ def region_modules(layer_paths: Iterable[str]) -> List[str]:
 
 
 class FineTuneRegion:
-    """Which convolutions and linear layers to fine-tune, how they keep their inputs, and what else trains;
+    """Which convolutions, linear layers and attention projections to fine-tune, how they keep their inputs,
+    and what else trains;
     :meth:`apply` does it to a model. Every argument is the ``ActivationCompressionHook`` key of the same name (its
     docstring says what each does); bad values raise ``ValueError`` naming the value and what is allowed.
 
@@ -125,15 +128,29 @@ class FineTuneRegion:
         self.region_norms: List[_BatchNorm] = []
 
     def choose(self, model: nn.Module, run_forward: Optional[Callable[[], object]] = None) -> List[str]:
-        """The conv and linear layer paths to fine-tune: ``layers`` as given (checked), or the last
-        ``num_layers`` convs and linear layers of the inference forward that the model does not freeze itself
-        (EMANet's bases), :func:`trainable_inference_layers` (``run_forward``: see there)."""
-        paths = self.layers
-        if paths is None:
-            paths = select_last(trainable_inference_layers(model, run_forward), self.num_layers)
+        """The layer paths to fine-tune, once every ``nn.MultiheadAttention`` of ``model`` is a
+        :class:`~mmseg_actcomp.ops.attention.LeanMultiheadAttention` (in place; the same Parameters and
+        state-dict keys, its query, key, value and output projections now layers): ``layers`` as given
+        (checked), or the last ``num_layers`` convs, linear layers and attention projections of the inference
+        forward that the model does not freeze itself (EMANet's bases), :func:`trainable_inference_layers`
+        (``run_forward``: see there), and the projections tied to a chosen one
+        (:func:`~mmseg_actcomp.ops.convert.tied_layers`: an attention's query, key and value projections
+        read rows of one Parameter, which trains whole: up to two layers more)."""
+        expose_attention_projections(model)
+        if self.layers is None:
+            order = trainable_inference_layers(model, run_forward)
+            chosen = select_last(order, self.num_layers)
+            chosen += tied_layers(model, chosen)
+            paths = [p for p in order if p in chosen]
+        else:
+            paths = list(self.layers)
         for path in paths:
             check_layer_path(model, path, self.method)
-        return list(paths)
+        tied = tied_layers(model, paths)
+        if tied:
+            raise ValueError(f'layers={paths!r} leaves out {tied}, which read rows of the same Parameters (an '
+                             "attention's in_proj_weight or in_proj_bias trains whole): name them too")
+        return paths
 
     def apply(self, model: nn.Module, run_forward: Optional[Callable[[], object]] = None) -> List[str]:
         """Choose (:meth:`choose`), swap, make lean and freeze, in place, on a bare (unwrapped) segmentor, or
@@ -236,16 +253,16 @@ class FineTuneRegion:
 
     def summary(self, model: nn.Module) -> str:
         """A line of the options and the trainable parameter count, then two tables: the chosen layers
-        (path, type, shape of weight, trainable parameters, and their ``explained_variance``, or
-        ``patch_size`` for ``'gradfilt'``) and the region's BNs and LayerNorms (path, the statistics they
-        normalise with, what they keep for backward)."""
+        (path, type, shape of weight, trainable parameters of its weight and bias, and their
+        ``explained_variance``, or ``patch_size`` for ``'gradfilt'``) and the region's BNs and LayerNorms
+        (path, the statistics they normalise with, what they keep for backward)."""
         setting = 'patch_size' if self.method == 'gradfilt' else 'explained_variance'
         rows = [('#', 'layer', 'type', 'weight', 'trainable params', setting)]
         for i, path in enumerate(self.layer_paths, 1):
             layer = self.fine_tuned[path]
             value = getattr(layer, setting) if isinstance(layer, (CompressedLayer, GradFilterConv2d)) else None
             rows.append((str(i), path, type(layer).__name__, 'x'.join(map(str, layer.weight.shape)),
-                         str(sum(p.numel() for p in layer.parameters() if p.requires_grad)),
+                         str(sum(t.numel() for t in (layer.weight, layer.bias) if t is not None and t.requires_grad)),
                          '-' if value is None else f'{value:g}'))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
@@ -314,10 +331,10 @@ def validate_budget(method: str, memory_budget_mib: Optional[float], budget_batc
 
 
 def trace_inference_layers(model: nn.Module) -> List[str]:
-    """Conv and linear layer paths of an mmseg segmentor in the order its inference forward runs them
-    (:func:`~mmseg_actcomp.ops.convert.trace_layer_order`), traced without grad on a zero image of the
-    preprocessor's size capped at 128x128 (the order does not depend on the size; a 512x512 trace of
-    UPerNet costs seconds on a CPU).
+    """Conv, linear layer and attention projection paths of an mmseg segmentor in the order its inference
+    forward runs them (:func:`~mmseg_actcomp.ops.convert.trace_layer_order`), traced without grad on a zero
+    image of the preprocessor's size capped at 128x128 (the order does not depend on the size; a 512x512
+    trace of UPerNet costs seconds on a CPU).
 
     ``mode='tensor'`` first; ``mode='predict'`` where mmseg's tensor mode does not run (PointRend's
     cascade), and the preprocessor's full size where 128x128 is too small (LRASPP's 49x49 pooling).
@@ -348,8 +365,11 @@ def _traced(model: nn.Module, run_forward: Callable[[], object]) -> List[str]:
 
 
 def trainable_inference_layers(model: nn.Module, run_forward: Optional[Callable[[], object]] = None) -> List[str]:
-    """What ``num_layers`` counts back from: the convs and linear layers of the inference forward, less those
-    the model freezes itself (EMANet's bases). Its length is the ``num_layers`` that fine-tunes them all.
+    """What ``num_layers`` counts back from: the convs, linear layers and attention projections of the
+    inference forward, less those the model freezes itself (EMANet's bases). Its length is the
+    ``num_layers`` that fine-tunes them all. Sees an ``nn.MultiheadAttention``'s projections once
+    :func:`~mmseg_actcomp.ops.attention.expose_attention_projections` made them layers
+    (:meth:`FineTuneRegion.choose` does).
 
     Args:
         model: an mmseg segmentor, traced by :func:`trace_inference_layers`; or any ``nn.Module`` with

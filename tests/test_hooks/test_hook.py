@@ -245,14 +245,14 @@ def test_too_many_layers_and_non_conv_paths(deeplab):
 
 @pytest.mark.slow
 def test_num_layers_on_a_transformer_chooses_its_linear_layers_and_trains_them():
-    """Segmenter ViT-T: the last 5 layers of its inference forward are the mask head's linear layers; they
-    become HOSVDLinear, a training step gives them non-zero weight gradients, and the state dict is a stock
-    model's."""
+    """Segmenter ViT-T: the last 5 layers of its inference forward are the mask head's linear layers, the
+    last attention's output projection first; they become HOSVDLinear, a training step gives them non-zero
+    weight gradients, and the state dict is a stock model's."""
     _, stock = build_model_from_config(mmseg_config(SEGMENTER))
     model = copy.deepcopy(stock)
     hook = ActivationCompressionHook(num_layers=5)
     paths = hook.region.apply(model)
-    assert paths == ['decode_head.layers.0.ffn.layers.1', 'decode_head.layers.1.ffn.layers.0.0',
+    assert paths == ['decode_head.layers.1.attn.attn.out_proj', 'decode_head.layers.1.ffn.layers.0.0',
                      'decode_head.layers.1.ffn.layers.1', 'decode_head.patch_proj', 'decode_head.classes_proj']
     layers = [model.get_submodule(p) for p in paths]
     assert all(type(m) is HOSVDLinear and m.layer_name == p for p, m in zip(paths, layers))

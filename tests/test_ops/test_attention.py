@@ -1,6 +1,7 @@
 """Tests of mmseg_actcomp.ops.attention: LeanMultiheadAttention computes what nn.MultiheadAttention computes
-(outputs, weights, gradients; float64 gradcheck) with the same Parameters and state-dict keys, and keeps no
-more for backward."""
+(outputs, weights, gradients; float64 gradcheck) with the same Parameters and state-dict keys, keeps no more
+for backward, and its projections are layers that the region traces, chooses (query, key and value
+together), swaps, freezes, lists and fine-tunes; on a small block and on SegFormer MiT-B0."""
 import copy
 
 import pytest
@@ -9,7 +10,12 @@ from torch import nn
 from torch.func import functional_call
 
 from mmseg_actcomp.memory import measure_step
-from mmseg_actcomp.ops.attention import AttentionProjection, LeanMultiheadAttention, expose_attention_projections
+from mmseg_actcomp.ops import HOSVDLinear
+from mmseg_actcomp.ops.attention import (AttentionProjection, HOSVDProjection, LeanMultiheadAttention, SVDProjection,
+                                         expose_attention_projections)
+from mmseg_actcomp.ops.convert import swap_layers, trace_layer_order
+from mmseg_actcomp.ops.region import FineTuneRegion
+from .test_convert import example_forward, images  # the same 14x10 images: 7 x 5 = 35 tokens
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -288,3 +294,230 @@ def test_attention_dropout_keeps_what_stock_keeps():
     # dropout on the CPU is the product with a float mask: kept beside the softmax output (and the dropped
     # weights, the second product's operand)
     assert ours_per_op['MulBackward0'] == ours_per_op['SoftmaxBackward0'] == BATCH * HEADS * QUERIES * KEYS * 4
+
+
+# --- choosing, swapping, fine-tuning a block ------------------------------------------------------------
+
+
+class AttentionBlock(nn.Module):
+    """Patch embedding (a strided conv) -> ``(B, N, C)`` tokens -> ``x + attn(LayerNorm(x))`` -> a linear
+    classifier per token; the attention as mmcv's wrapper calls it (``(N, B, C)``, three transposed views)."""
+
+    def __init__(self, dim=16, classes=5, **kwargs):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 2, stride=2)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, **kwargs)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, image):
+        x = self.embed(image).flatten(2).mT
+        y = self.norm(x)
+        kv = y if self.attn._qkv_same_embed_dim else y[..., :self.attn.kdim]
+        x = x + self.attn(y.transpose(0, 1), kv.transpose(0, 1), kv.transpose(0, 1))[0].transpose(0, 1)
+        return self.head(x)
+
+
+ORDER = ['embed', 'attn.q_proj', 'attn.k_proj', 'attn.v_proj', 'attn.out_proj', 'head']
+
+
+def block(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return AttentionBlock(**kwargs)
+
+
+def test_num_layers_chooses_the_query_key_and_value_projections_together_and_fine_tunes_them():
+    stock = block()
+    model = copy.deepcopy(stock)
+    region = FineTuneRegion(num_layers=3)
+    paths = region.apply(model, example_forward(model))
+    assert trace_layer_order(model, example_forward(model)) == ORDER
+    assert paths == ORDER[1:]  # v_proj, out_proj, head, and q_proj and k_proj, which v_proj trains with
+    assert [type(model.get_submodule(p)) for p in paths] == [HOSVDProjection] * 3 + [HOSVDLinear] * 2
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        'attn.in_proj_weight', 'attn.in_proj_bias', 'attn.out_proj.weight', 'attn.out_proj.bias', 'head.weight',
+        'head.bias'}
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in stock.named_parameters()]
+    assert list(model.state_dict()) == list(stock.state_dict())
+    stock.eval(), model.eval()
+    x = images()
+    torch.testing.assert_close(model(x), stock(x))
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(x).square().mean().backward()
+    grad = model.attn.in_proj_weight.grad
+    assert all(grad[i * 16:(i + 1) * 16].abs().sum() > 0 for i in range(3))
+    projections = [model.get_submodule(p) for p in paths[:3]]
+    assert all(m.last_input_shape == (3, 35, 16) and m.layer_name == p for m, p in zip(projections, paths))
+    before = model.attn.in_proj_weight.detach().clone()
+    optimizer.step()
+    assert not torch.equal(before, model.attn.in_proj_weight)
+    stock.load_state_dict(model.state_dict(), strict=True)
+    summary = region.summary(model)
+    for path in paths[:3]:
+        row = next(line for line in summary.splitlines() if f' {path} ' in line)
+        assert 'HOSVDProjection' in row and ' 16x16 ' in row and ' 272 ' in row, row  # its rows: 16 x 16 + 16
+    assert region.apply(model, example_forward(model)) == paths  # idempotent
+    assert [model.get_submodule(p) for p in paths[:3]] == projections
+
+
+def test_naming_one_of_the_tied_projections_names_the_others():
+    model = block()
+    with pytest.raises(ValueError, match=r"layers=\['attn.q_proj'\] leaves out \['attn.k_proj', 'attn.v_proj'\], "
+                                         r"which read rows of the same Parameters \(an attention's in_proj_weight"):
+        FineTuneRegion(layers=['attn.q_proj']).apply(model)
+    FineTuneRegion(layers=['attn.out_proj']).apply(model)  # a Parameter of its own
+    assert type(model.attn.out_proj) is HOSVDLinear and not model.attn.in_proj_weight.requires_grad
+    with pytest.raises(ValueError, match=r"'attn.q_proj' is an AttentionProjection: method='gradfilt' \(Gradient "
+                                         r'Filter\) is for convolutions only'):
+        FineTuneRegion(method='gradfilt', layers=['attn.q_proj', 'attn.k_proj', 'attn.v_proj']).apply(block())
+
+
+def test_separate_weights_are_tied_by_their_bias_only():
+    """With kdim/vdim the projections have weights of their own; only in_proj_bias ties them."""
+    model = block(kdim=8, vdim=8)
+    with pytest.raises(ValueError, match=r"leaves out \['attn.q_proj', 'attn.v_proj'\]"):
+        FineTuneRegion(layers=['attn.k_proj']).apply(model)
+    model = block(kdim=8, vdim=8, bias=False)
+    FineTuneRegion(method='svd', layers=['attn.k_proj']).apply(model)
+    assert type(model.attn.k_proj) is SVDProjection and type(model.attn.q_proj) is AttentionProjection
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {'attn.k_proj_weight'}
+    model.train()
+    model(images()).sum().backward()
+    assert model.attn.k_proj_weight.grad.abs().sum() > 0 and model.attn.q_proj_weight.grad is None
+    assert model.attn.k_proj.last_input_shape == (3, 35, 8)
+
+
+def test_projections_at_eps_one_fine_tune_exactly():
+    """At eps 1 with the batch mode truncated too, the compressed projections' gradients are the stock
+    attention's: choosing, exposing, swapping and freezing change nothing."""
+    stock, model = block(), block()
+    region = FineTuneRegion(num_layers=6, explained_variance=1.0, truncate_batch=True, norm_input_bits=None,
+                            gelu_bits=None)
+    assert region.apply(model, example_forward(model)) == ORDER
+    stock.train(), model.train()
+    x = images()
+    stock(x).square().mean().backward()
+    model(x).square().mean().backward()
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert sorted(trained) == sorted(n for n, _ in stock.named_parameters() if not n.startswith('norm.'))
+    for name, p in stock.named_parameters():
+        if name in trained:
+            torch.testing.assert_close(trained[name].grad, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_swapping_methods_and_again():
+    model = block()
+    expose_attention_projections(model)
+    paths = ['attn.q_proj', 'attn.k_proj', 'attn.v_proj']
+    swapped = swap_layers(model, paths, 'hosvd', 0.8)
+    assert swap_layers(model, paths, 'hosvd', 0.6, center=False) == swapped
+    assert all(m.explained_variance == 0.6 and not m.center for m in swapped.values())
+    assert 'explained_variance=0.6' in repr(model.attn.q_proj)
+    model = block()
+    region = FineTuneRegion(method='none', layers=paths)
+    region.apply(model)
+    assert type(model.attn.q_proj) is AttentionProjection and model.attn.in_proj_weight.requires_grad
+    assert not model.attn.out_proj.weight.requires_grad
+
+
+def test_the_memory_tool_lists_the_projections():
+    from mmseg_actcomp.memory.report import build_report, format_summary
+    model = block()
+    region = FineTuneRegion(num_layers=4, explained_variance=0.8)
+    paths = region.apply(model, example_forward(model))
+    model.train()
+    step = measure_step(model, lambda: model(images()).square().mean(), paths)
+    for path in paths[:3]:
+        row = step.layers[path]
+        assert row.type == 'HOSVDProjection' and row.input_shape == (3, 35, 16)
+        assert row.kept_bytes == model.get_submodule(path).last_kept_bytes <= row.vanilla_bytes
+    table = format_summary(build_report([step], paths, {}))
+    for path in paths[:3]:
+        assert any(line.startswith(path) and 'HOSVDProjection' in line for line in table.splitlines()), table
+
+
+# --- SegFormer MiT-B0 -----------------------------------------------------------------------------------
+
+SEGFORMER = 'segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py'
+#: SyncBN -> BN, no checkpoint, 64x64, and no random drop (paths, dropout) so that runs compare exactly
+SEGFORMER_OPTIONS = {'model.decode_head.norm_cfg': dict(type='BN', requires_grad=True), 'model.backbone.init_cfg': None,
+                     'model.data_preprocessor.size': (64, 64), 'model.backbone.drop_path_rate': 0.0,
+                     'model.decode_head.dropout_ratio': 0.0}
+LAST_ATTENTION = 'backbone.layers.3.1.1.attn.attn'
+
+
+@pytest.fixture(scope='module')
+def segformer():
+    from conftest import build_model_from_config, mmseg_config
+    return build_model_from_config(mmseg_config(SEGFORMER), SEGFORMER_OPTIONS)[1]
+
+
+def test_segformer_chooses_its_attention_projections(segformer):
+    """MiT-B0's 8 attentions are exposed (4 layers each: 72 layers in all); the last 10 end with the last
+    attention's output projection, 11 reach its value projection and take its query and key along."""
+    from mmseg_actcomp.ops.region import trainable_inference_layers
+    model = copy.deepcopy(segformer)
+    assert FineTuneRegion(num_layers=10).choose(model)[0] == f'{LAST_ATTENTION}.out_proj'
+    assert len(trainable_inference_layers(model)) == 72
+    paths = FineTuneRegion(num_layers=11).choose(model)
+    assert len(paths) == 13 and paths[:4] == [f'{LAST_ATTENTION}.{p}' for p in ('q_proj', 'k_proj', 'v_proj',
+                                                                                 'out_proj')]
+    with pytest.raises(ValueError, match='leaves out'):
+        FineTuneRegion(layers=[f'{LAST_ATTENTION}.v_proj']).choose(model)
+
+
+def test_segformer_attention_keeps_what_stock_keeps(segformer):
+    """Every parameter frozen but the first patch embedding (so that gradients reach every block): the 8
+    attentions of MiT-B0 keep exactly what stock's keep (each query tensor differs from its key and value:
+    stock computes key and value together, which keeps as much as computing them apart)."""
+    stock, model = copy.deepcopy(segformer), copy.deepcopy(segformer)
+    expose_attention_projections(model)
+    attentions = [p for p, m in model.named_modules() if isinstance(m, LeanMultiheadAttention)]
+    assert len(attentions) == 8
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    saved = []
+    for m in (stock, model):
+        for name, p in m.named_parameters():
+            p.requires_grad_(name.startswith('backbone.layers.0.0.projection'))
+        m.train()
+        step = measure_step(m, lambda: m(x, mode='tensor').sum(), [f'{p}.out_proj' for p in attentions])
+        saved.append((step.saved['region'], {op: row['bytes'] for op, row in step.saved['per_op']['region'].items()}))
+    (theirs, theirs_per_op), (ours, ours_per_op) = saved
+    assert ours == theirs > 0 and ours_per_op['SoftmaxBackward0'] == theirs_per_op['SoftmaxBackward0'] > 0
+    assert ours_per_op == theirs_per_op and set(ours_per_op) == {'SoftmaxBackward0', 'BmmBackward0'}
+
+
+@pytest.mark.slow
+def test_segformer_training_step_with_the_hook_choosing_its_last_10_layers(segformer):
+    """The hook's num_layers=10 on MiT-B0: the last attention's output projection is chosen with the last
+    MLP and the head; one training step at eps 1 gives every chosen layer the uncompressed model's weight
+    gradient, the start-up summary lists the projection, and the state dict is stock mmseg's."""
+    from mmseg_actcomp.hooks.activation_compression_hook import ActivationCompressionHook
+    from conftest import assert_close_in_norm
+    stock, model = copy.deepcopy(segformer), copy.deepcopy(segformer)
+    hook = ActivationCompressionHook(num_layers=10, explained_variance=1.0, truncate_batch=True,
+                                     norm_input_bits=None, gelu_bits=None)
+    paths = hook.region.apply(model)
+    out_proj = f'{LAST_ATTENTION}.out_proj'
+    assert paths[0] == out_proj and type(model.get_submodule(out_proj)) is HOSVDLinear
+    assert any(line.split()[1:3] == [out_proj, 'HOSVDLinear'] for line in hook.region.summary(model).splitlines())
+    for name, p in stock.named_parameters():
+        p.requires_grad_(dict(model.named_parameters())[name].requires_grad)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    stock.train()
+    stock(x, mode='tensor').square().mean().backward()
+    model.train()
+    hook.region.set_norms_eval()
+    model(x, mode='tensor').square().mean().backward()
+    for path in paths:
+        grad = model.get_submodule(path).weight.grad
+        assert grad.abs().sum() > 0
+        assert_close_in_norm(grad, stock.get_submodule(path).weight.grad, 1e-4)  # float32 rounding, 1e-6 here
+    state = model.state_dict()
+    assert list(state) == list(segformer.state_dict())
+    fresh = copy.deepcopy(segformer)
+    fresh.load_state_dict(state, strict=True)
+    assert torch.equal(fresh.get_submodule(LAST_ATTENTION).in_proj_weight,
+                       model.get_submodule(LAST_ATTENTION).in_proj_weight)
+    model.load_state_dict(segformer.state_dict(), strict=True)

@@ -73,22 +73,27 @@ def test_trace_counts_linear_layers_in_forward_order_and_skips_what_is_never_cal
     attention = Attention()
     assert trace_layer_order(attention, lambda: attention(torch.zeros(1, 4, 16))) == ['proj']
     with pytest.raises(ValueError, match=r"layers: 'attn.out_proj' is the out_proj of an nn.MultiheadAttention, "
-                                         r'which reads its weight directly and never calls it'):
+                                         r'which reads its weight directly and never calls it: make its '
+                                         r'projections layers first \(expose_attention_projections'):
         check_layer_path(attention, 'attn.out_proj')
+    region = FineTuneRegion(layers=['attn.out_proj'])  # which does
+    assert region.apply(attention) == ['attn.out_proj'] and attention.attn.out_proj.weight.requires_grad
 
 
 def test_paths_that_are_not_convs_or_linear_layers_are_named():
     model = tiny()
     assert check_layer_path(model, 'head') is model.head
-    with pytest.raises(ValueError, match=r"layers: 'blocks.0.mlp' is a Sequential, not one of the convolutions "
-                                         r"and linear layers \(nn.Conv2d, nn.Linear\); the layers inside it are "
+    with pytest.raises(ValueError, match=r"layers: 'blocks.0.mlp' is a Sequential, not one of the convolutions, "
+                                         r"linear layers and attention projections \(nn.Conv2d, nn.Linear, "
+                                         r"AttentionProjection\); the layers inside it are "
                                          r"\['blocks.0.mlp.0', 'blocks.0.mlp.3'\]"):
         check_layer_path(model, 'blocks.0.mlp')
-    with pytest.raises(ValueError, match=r"'blocks.0.norm' is a LayerNorm, not one of the convolutions"):
+    with pytest.raises(ValueError, match=r"'blocks.0.norm' is a LayerNorm, not one of the convolutions, linear"):
         check_layer_path(model, 'blocks.0.norm')
     with pytest.raises(ValueError, match=r"'blocks.2' is not a module of TinyTransformer"):
         check_layer_path(model, 'blocks.2')
-    with pytest.raises(ValueError, match=r'num_layers=7 but the model runs 6 convolutions and linear layers'):
+    with pytest.raises(ValueError, match=r'num_layers=7 but the model runs 6 convolutions, linear layers and '
+                                         r'attention projections'):
         FineTuneRegion(num_layers=7).apply(model, example_forward(model))
 
 

@@ -370,8 +370,8 @@ def test_region_bns_on_batch_statistics_keep_their_input_in_2_bits_by_default():
 
 
 def test_segmenter_head_region_keeps_the_factors_the_lean_saves_and_what_attention_must():
-    """mmseg's Segmenter ViT-T with its last 5 layers chosen: the mask head's linear layers, so the region is
-    the whole head. It keeps exactly the factors, its LayerNorms' 2-bit x_hat (ranges, rstd), its GELU's
+    """mmseg's Segmenter ViT-T with 5 of the mask head's linear layers chosen (layer 0's fc2 on), so the region
+    is the whole head. It keeps exactly the factors, its LayerNorms' 2-bit x_hat (ranges, rstd), its GELU's
     4-bit derivative, drop path's factor per sample, and what attention must keep whole: the softmax output
     (which its second product reads too) and the query, key and value of its products. No LayerNorm, GELU
     or dropout keeps a full-size tensor. (Layer 0 runs on frozen features: only its chosen fc2 keeps
@@ -380,7 +380,9 @@ def test_segmenter_head_region_keeps_the_factors_the_lean_saves_and_what_attenti
     from mmseg_actcomp.ops.region import FineTuneRegion
 
     _, model = build_model_from_config(mmseg_config(SEGMENTER))
-    region = FineTuneRegion(num_layers=5)
+    region = FineTuneRegion(layers=['decode_head.layers.0.ffn.layers.1', 'decode_head.layers.1.ffn.layers.0.0',
+                                    'decode_head.layers.1.ffn.layers.1', 'decode_head.patch_proj',
+                                    'decode_head.classes_proj'])
     paths = region.apply(model)
     head = model.decode_head
     norms = [m for m in head.modules() if isinstance(m, nn.LayerNorm)]
