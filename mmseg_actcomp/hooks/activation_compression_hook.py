@@ -28,7 +28,8 @@ BUDGET_CHOICE_KEY = 'actcomp_explained_variance'
 
 @HOOKS.register_module()
 class ActivationCompressionHook(Hook):
-    """Fine-tune chosen convolutions and linear layers with compressed activations; freeze the rest.
+    """Fine-tune chosen convolutions, linear layers and attention projections with compressed activations;
+    freeze the rest.
 
     Config::
 
@@ -41,10 +42,14 @@ class ActivationCompressionHook(Hook):
 
     Before training starts (``before_run``) the chosen ``nn.Conv2d`` layers are swapped in place for
     :class:`~mmseg_actcomp.ops.HOSVDConv2d` / :class:`~mmseg_actcomp.ops.SVDConv2d` /
-    :class:`~mmseg_actcomp.ops.GradFilterConv2d`, and the chosen ``nn.Linear`` layers (transformer MLPs
+    :class:`~mmseg_actcomp.ops.GradFilterConv2d`, the chosen ``nn.Linear`` layers (transformer MLPs
     and projections) for :class:`~mmseg_actcomp.ops.HOSVDLinear` / :class:`~mmseg_actcomp.ops.SVDLinear`,
-    which share the layer's parameters and state-dict keys: the optimizer, ``load_from``, ``--resume`` and
-    saved checkpoints see the very same tensors, and a checkpoint loads into a stock mmseg model.
+    and the chosen query, key and value projections of an attention for
+    :class:`~mmseg_actcomp.ops.HOSVDProjection` / :class:`~mmseg_actcomp.ops.SVDProjection`, which share the
+    layer's parameters and state-dict keys: the optimizer, ``load_from``, ``--resume`` and saved checkpoints
+    see the very same tensors, and a checkpoint loads into a stock mmseg model. Every
+    ``nn.MultiheadAttention`` is first made a :class:`~mmseg_actcomp.ops.LeanMultiheadAttention` (the same
+    Parameters, keys and outputs) whose projections run as layers.
 
     The hook is glue: every key but ``require_load_from`` goes to
     :class:`~mmseg_actcomp.ops.region.FineTuneRegion` (``hook.region``), which does the surgery and which
@@ -66,13 +71,18 @@ class ActivationCompressionHook(Hook):
             (the paper uses 2, 4 and 8; 1 is exact for a 1x1 stride-1 conv). Defaults to 2.
         num_layers (int, optional): fine-tune the last N layers in the order the inference forward
             (``mode='tensor'``: backbone + decode head, classifier ``conv_seg`` included) runs them, found
-            by tracing; convolutions (``nn.Conv2d``) and linear layers (``nn.Linear``, e.g. a transformer's
-            MLPs and a Segmenter head's projections) count alike. Auxiliary heads, dropped at inference,
-            are never chosen, nor layers the model itself freezes (EMANet's bases), nor those it never
-            calls (``nn.MultiheadAttention``'s projections, whose weights it reads directly).
-        layers (list[str], optional): fine-tune exactly these conv or linear module paths instead, e.g.
-            ``['decode_head.conv_seg', 'decode_head.bottleneck.conv']`` or
-            ``['backbone.layers.11.ffn.layers.1']``. Give one of ``num_layers`` and ``layers``.
+            by tracing; convolutions (``nn.Conv2d``), linear layers (``nn.Linear``, e.g. a transformer's
+            MLPs, a Segmenter head's projections, Swin's ``qkv``) and attention projections count alike.
+            An ``nn.MultiheadAttention`` (SegFormer's MiT, ViT, Segmenter, SETR) runs ``q_proj``,
+            ``k_proj``, ``v_proj`` and ``out_proj`` in that order once made a ``LeanMultiheadAttention``;
+            its query, key and value projections read rows of one ``in_proj_weight``, which trains whole,
+            so choosing one chooses all three (up to two layers more than N). Auxiliary heads, dropped at
+            inference, are never chosen, nor layers the model itself freezes (EMANet's bases).
+        layers (list[str], optional): fine-tune exactly these conv, linear or attention projection paths
+            instead, e.g. ``['decode_head.conv_seg', 'decode_head.bottleneck.conv']``,
+            ``['backbone.layers.11.ffn.layers.1']`` or SegFormer's
+            ``['backbone.layers.3.1.1.attn.attn.out_proj']``; an attention's ``q_proj``, ``k_proj`` and
+            ``v_proj`` are named together. Give one of ``num_layers`` and ``layers``.
         freeze_others (bool): set ``requires_grad=False`` on every parameter outside the fine-tuned
             region, and keep the running statistics of BN layers whose parameters are all frozen
             (eval mode) so that frozen means unchanged. The region is the chosen layers plus the norm

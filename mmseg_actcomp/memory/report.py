@@ -40,6 +40,7 @@ OP_KEEPS = {
     'GeluBackward0': 'GELU: its full input',
     'SoftmaxBackward0': 'softmax (attention): its full output',
     'BmmBackward0': 'batched matrix product (attention): its operands',
+    'BaddbmmBackward0': 'batched matrix product plus a mask (attention): its operands',
     'ShapeOnlyAdaptiveAvgPool2dFunctionBackward': 'adaptive pooling (shape only)',
     'RegeneratedDropoutFunctionBackward': 'dropout (seed only)',
     'ReluBackward0': 'ReLU: its full output',
