@@ -20,8 +20,8 @@ from ..utils.validate import require_integer
 from .attention import expose_attention_projections
 from .budget import MIB, Cost, budget_table, calibration_costs, choose_explained_variance, unchanged
 from .compressed import CompressedLayer, validate_subspace
-from .convert import (CONV_TYPES, check_layer_path, compression_stats, freeze_all_but, select_last, swap_layers,
-                      tied_layers, trace_layer_order)
+from .convert import (CHOSEN_KINDS, CONV_TYPES, check_layer_path, compression_stats, freeze_all_but, select_last,
+                      swap_layers, tied_layers, trace_layer_order)
 from .gradfilt import GradFilterConv2d, validate_patch_size
 from .lean.batchnorm import LeanBatchNorm2d
 from .lean.layernorm import LeanLayerNorm
@@ -352,7 +352,7 @@ def trace_inference_layers(model: nn.Module) -> List[str]:
             return _traced(model, lambda: model(image, None, mode=mode))
         except (RuntimeError, TypeError, ValueError, IndexError) as e:
             errors.append(f"mode='{mode}' at {size[0]}x{size[1]}: {type(e).__name__}: {e}")
-    raise ValueError('cannot trace the convolutions and linear layers of the inference forward to choose '
+    raise ValueError(f'cannot trace the {CHOSEN_KINDS} of the inference forward to choose '
                      'num_layers (give layers=[...] instead): ' + '; '.join(errors))
 
 

@@ -231,12 +231,12 @@ def test_bad_values_name_key_value_and_allowed(kwargs, message):
 
 
 def test_too_many_layers_and_non_conv_paths(deeplab):
-    with pytest.raises(ValueError, match=r'num_layers=500 but the model runs 29 convolutions and linear layers '
-                                         r'\(nn.Conv2d, nn.Linear\) in its forward pass: choose 1 <= num_layers '
-                                         r'<= 29'):
+    with pytest.raises(ValueError, match=r'num_layers=500 but the model runs 29 convolutions, linear layers and '
+                                         r'attention projections \(nn.Conv2d, nn.Linear, AttentionProjection\) in '
+                                         r'its forward pass: choose 1 <= num_layers <= 29'):
         ActivationCompressionHook(num_layers=500).region.apply(deeplab)
-    with pytest.raises(ValueError, match=r"'decode_head.bottleneck' is a ConvModule, not one of the convolutions "
-                                         r"and linear layers .* the layers inside it are .*"
+    with pytest.raises(ValueError, match=r"'decode_head.bottleneck' is a ConvModule, not one of the convolutions, "
+                                         r"linear layers and attention projections .* the layers inside it are .*"
                                          r"'decode_head.bottleneck.conv'"):
         ActivationCompressionHook(layers=['decode_head.bottleneck']).region.apply(deeplab)
     with pytest.raises(ValueError, match=r"'decode_head.nothing' is not a module of EncoderDecoder"):
