@@ -748,6 +748,10 @@ def markdown(result, command):
     lines += ['', f'![memory against gain]({osp.basename(result["pareto"])})', '',
               '## All methods', '']
     lines += main_table(m)
+    pending = [k for k in METHODS if k not in m]
+    if pending:
+        lines += ['', f'Rows of the benchmark not on this page (no finished runs of every seed in the work dir; '
+                  f'`--resume --methods KEY ...` runs them): {", ".join(f"`{k}`" for k in pending)}.']
     lines += ['', f'Seeds {p["seeds"]}; each seed fixes the data order and augmentation, the same for every '
               f'method. {p["iters"]} iterations of batch {p["batch_size"]} at {p["crop"]} per run, SGD lr '
               f'{p["lr"]:g} with a 10-iteration warm-up and a cosine decay, val every {p["val_interval"]} '

@@ -143,6 +143,9 @@ def test_written_report(tmp_path):
             'true') in text
     # per class: vanilla's bottle gain is 30-5 on seed 0 and 10-5 on seed 1
     assert '| bottle | 10.0 % | 5.00 | +15.00 | +5.00 (33 %) |' in text
+    # the rows the work dir has not finished are named, not silently left out
+    assert 'Rows of the benchmark not on this page' in text and '`svd-0.9`' in text and '`none-20L`' in text
+    assert '`hosvd-0.8`,' not in text and '`none`,' not in text
     finetune.plot_curves(result['methods'], result['curves'])
     finetune.plot_families(result['methods'], result['pareto'])
     assert osp.getsize(result['curves']) > 1000 and osp.getsize(result['pareto']) > 1000
