@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SAMPLE_SEED ?= 0
 
-.PHONY: install sample-data finetune-data weights demo lint test test-fast
+.PHONY: install sample-data finetune-data weights demo docs lint test test-fast
 install:
 	bash tools/install.sh
 
@@ -26,6 +26,22 @@ weights: install
 # DEMO_DOCS=docs/demo also writes the summary and picture the README shows
 demo: finetune-data weights
 	PY=$(PY) DOCS=$(DEMO_DOCS) bash tools/demo.sh
+
+# Every generated file under docs/, each by the command its page names, then README's figure blocks. The
+# learning page holds the rows finished in work_dirs/finetune (vanilla is run if missing) with their memory
+# and step times measured anew; `python benchmarks/finetune.py --resume` runs the missing rows first (hours
+# on 2 CPU cores). grad_fidelity reads that benchmark's checkpoints. The timing benchmarks run one after
+# another, alone: run nothing else beside this.
+docs: finetune-data weights sample-data
+	$(PY) benchmarks/finetune.py --resume --retime --methods none
+	$(PY) benchmarks/grad_fidelity.py --batches 2 --eps 0.8 0.9 --out docs/grad_fidelity.md
+	$(PY) benchmarks/ranks_real.py --out docs/ranks_real.md
+	$(PY) benchmarks/bench_core.py --markdown docs/bench_core.md
+	$(PY) benchmarks/bench_step.py --steps 5 --warmup 2 --markdown docs/bench_step.md
+	$(PY) benchmarks/bench_step.py --paper-scale --out-json docs/bench_paper.json --markdown docs/bench_paper.md
+	$(PY) tools/zoo_sweep.py --out docs/zoo.md
+	$(MAKE) demo DEMO_DOCS=docs/demo
+	$(PY) tools/readme_figures.py
 
 # one lint configuration (ruff.toml): pyflakes and pycodestyle at 120 columns
 lint: install
