@@ -634,22 +634,29 @@ def depth_section(methods) -> List[str]:
              '| --- | --- | --- | --- | --- | --- | --- |']
     pcts = []
     for n, v, d in rows:
-        pct = 100 * d['gain_mean'] / v['gain_mean'] if v['gain_mean'] else None
+        # a share of a loss is no share: where vanilla does not gain, the default's gain stands alone
+        pct = 100 * d['gain_mean'] / v['gain_mean'] if v['gain_mean'] > 0 else None
         pcts.append((n, pct))
         step = (f'{d["step_s"] / v["step_s"]:.2f}x' if d.get('step_s') and v.get('step_s') else '')
         lines.append(f'| {"all" if n == ALL else n} | {_gain(v)} | {v["region_mib"]:.2f} | {_gain(d)} | '
-                     f'{d["region_mib"]:.2f} | {"" if pct is None else f"{pct:.0f} %"} | {step} |')
+                     f'{d["region_mib"]:.2f} | {"(vanilla loses)" if pct is None else f"{pct:.0f} %"} | {step} |')
     known = [(n, p) for n, p in pcts if p is not None]
+    losing = [n for n, p in pcts if p is None]
     lines += ['', 'The paper\'s README claims (1) that its compression "does not accumulate errors as gradients '
               'propagate deeper (when fine-tuning more layers)" and (2) that "fine-tuning all layers using '
               'HOSVD consumes less memory than fine-tuning only a single layer with vanilla training". Here:', '']
+    shares = ', '.join(f'{"all" if n == ALL else f"{n}L"} {p:.0f} %' for n, p in known)
     if len(known) >= 2:
         p0, p1 = known[0][1], known[-1][1]
         trend = ('falls' if p1 < p0 - 10 else 'rises' if p1 > p0 + 10 else 'stays within 10 points')
-        lines.append('- (1) the default\'s gain as a share of vanilla\'s at the same depth: '
-                     + ', '.join(f'{"all" if n == ALL else f"{n}L"} {p:.0f} %' for n, p in known)
-                     + f'; from the shallowest to the deepest it {trend} '
-                     '(a fall of more than 10 points counts as accumulating).')
+        verdict = (f'{shares}; from the shallowest to the deepest it {trend} (a fall of more than 10 points counts '
+                   'as accumulating)')
+    else:
+        verdict = f'{shares or "none"}; too few depths where vanilla gains to tell a trend'
+    if losing:
+        verdict += ('; at ' + ', '.join('all layers' if n == ALL else f'{n} layers' for n in losing)
+                    + ' vanilla itself loses mIoU, so there is no share to compare')
+    lines.append(f'- (1) the default\'s gain as a share of vanilla\'s at the same depth: {verdict}.')
     one, deepest = methods.get(depth_key('none', 1)), methods.get(depth_key('default', ALL))
     if one and deepest:
         holds = deepest['region_mib'] < one['region_mib']

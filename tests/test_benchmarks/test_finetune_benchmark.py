@@ -141,6 +141,12 @@ def test_written_report(tmp_path):
     assert '| 1 | +11.00 ± 1.00 | 8.00 | +11.00 ± 1.00 | 0.50 | 100 % | 1.00x |' in text
     assert ('(2) the default over all layers keeps 6.00 MiB in its region, vanilla over the last one 8.00 MiB: '
             'true') in text
+    # where vanilla loses, the default's share is not a percentage
+    result['methods']['none-all'].update(gain_mean=-3.0)
+    text = finetune.markdown(result, 'python benchmarks/finetune.py')
+    assert '| all | -3.00 ± 1.00 | 900.00 | +11.00 ± 1.00 | 6.00 | (vanilla loses) | 1.00x |' in text
+    assert 'at all layers vanilla itself loses mIoU, so there is no share to compare' in text
+    assert 'same depth: 1L 100 %; too few depths where vanilla gains to tell a trend; at all layers' in text
     # per class: vanilla's bottle gain is 30-5 on seed 0 and 10-5 on seed 1
     assert '| bottle | 10.0 % | 5.00 | +15.00 | +5.00 (33 %) |' in text
     # the rows the work dir has not finished are named, not silently left out

@@ -40,3 +40,23 @@ def test_readme_is_a_page():
         lines = f.read().splitlines()
     assert len(lines) < 400
     assert not any('mmengine - INFO' in line for line in lines)
+
+
+def test_make_docs_runs_the_command_every_generated_page_names():
+    """`make docs` regenerates every page under docs/: each page's command (in backquotes on its first
+    "Written by" / "Made by" line, or indented under "Made by:") is a line of the Makefile's docs recipe."""
+    import glob
+    import re
+    with open(osp.join(REPO, 'Makefile')) as f:
+        makefile = f.read()
+    recipe = re.search(r'^docs:.*\n((?:\t.*\n)+)', makefile, re.M).group(1)
+    commands = {line.strip().replace('$(PY) ', 'python ').replace('$(MAKE) ', 'make ')
+                for line in recipe.splitlines()}
+    pages = sorted(glob.glob(osp.join(REPO, 'docs', '*.md')))
+    assert len(pages) >= 8
+    for page in pages:
+        with open(page) as f:
+            text = f.read()
+        said = re.search(r'(?:Written|Made) by `([^`]+)`', text) or re.search(r'Made by:\n\n {4}(.+)\n', text)
+        assert said, f'{page} does not name the command that writes it'
+        assert said.group(1) in commands, f'{page}: `{said.group(1)}` is not in `make docs`'
