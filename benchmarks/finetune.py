@@ -640,8 +640,11 @@ def depth_section(methods) -> List[str]:
         step = (f'{d["step_s"] / v["step_s"]:.2f}x' if d.get('step_s') and v.get('step_s') else '')
         lines.append(f'| {"all" if n == ALL else n} | {_gain(v)} | {v["region_mib"]:.2f} | {_gain(d)} | '
                      f'{d["region_mib"]:.2f} | {"(vanilla loses)" if pct is None else f"{pct:.0f} %"} | {step} |')
-    known = [(n, p) for n, p in pcts if p is not None]
     losing = [n for n, p in pcts if p is None]
+    # a share whose denominator is within twice its seed spread of zero is noise: left out of the trend
+    spread = {n: v['gain_mean'] <= 2 * v['gain_std'] for n, v, _ in rows}
+    noisy = [n for n, p in pcts if p is not None and spread[n]]
+    known = [(n, p) for n, p in pcts if p is not None and not spread[n]]
     lines += ['', 'The paper\'s README claims (1) that its compression "does not accumulate errors as gradients '
               'propagate deeper (when fine-tuning more layers)" and (2) that "fine-tuning all layers using '
               'HOSVD consumes less memory than fine-tuning only a single layer with vanilla training". Here:', '']
@@ -649,10 +652,13 @@ def depth_section(methods) -> List[str]:
     if len(known) >= 2:
         p0, p1 = known[0][1], known[-1][1]
         trend = ('falls' if p1 < p0 - 10 else 'rises' if p1 > p0 + 10 else 'stays within 10 points')
-        verdict = (f'{shares}; from the shallowest to the deepest it {trend} (a fall of more than 10 points counts '
-                   'as accumulating)')
+        verdict = (f'{shares}; from the shallowest to the deepest of these it {trend} (a fall of more than 10 '
+                   'points counts as accumulating)')
     else:
         verdict = f'{shares or "none"}; too few depths where vanilla gains to tell a trend'
+    if noisy:
+        verdict += ('; left out: ' + ', '.join('all layers' if n == ALL else f'{n}L' for n in noisy)
+                    + ', where vanilla\'s gain is within twice its seed spread of zero')
     if losing:
         verdict += ('; at ' + ', '.join('all layers' if n == ALL else f'{n} layers' for n in losing)
                     + ' vanilla itself loses mIoU, so there is no share to compare')

@@ -147,6 +147,13 @@ def test_written_report(tmp_path):
     assert '| all | -3.00 ± 1.00 | 900.00 | +11.00 ± 1.00 | 6.00 | (vanilla loses) | 1.00x |' in text
     assert 'at all layers vanilla itself loses mIoU, so there is no share to compare' in text
     assert 'same depth: 1L 100 %; too few depths where vanilla gains to tell a trend; at all layers' in text
+    # a vanilla gain within twice its seed spread of zero gives no share to trend on
+    result['methods']['none-1L'].update(gain_mean=1.5, gain_std=0.8)
+    result['methods']['none-20L'] = dict(result['methods']['none-1L'], gain_mean=10.0, gain_std=1.0)
+    result['methods']['default-20L'] = dict(result['methods']['none-1L'], gain_mean=9.5, gain_std=1.0)
+    text = finetune.markdown(result, 'python benchmarks/finetune.py')
+    assert ('same depth: 20L 95 %; too few depths where vanilla gains to tell a trend; left out: 1L, where '
+            "vanilla's gain is within twice its seed spread of zero; at all layers") in text
     # per class: vanilla's bottle gain is 30-5 on seed 0 and 10-5 on seed 1
     assert '| bottle | 10.0 % | 5.00 | +15.00 | +5.00 (33 %) |' in text
     # the rows the work dir has not finished are named, not silently left out
