@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 WORK=${WORK:-work_dirs/demo}
 EPS=${EPS:-0.9}  # the hook's default, chosen on the learning benchmark (docs/finetune.md)
-ITERS=${ITERS:-120}  # the benchmark runs 100; a few more show the gain within the 10 minutes
+ITERS=${ITERS:-120}  # the benchmark runs 100; a few more show the gain in about ten minutes
 SEED=${SEED:-0}  # data order and augmentation of every stage, so that a rerun repeats the figures
 C=configs/finetune
 START=$C/deeplabv3_mv2-d8_head-source_1xb8-150it_vocfinetune-128x128.py
