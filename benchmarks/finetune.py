@@ -515,14 +515,16 @@ def plot_families(methods, path, default_key='default-10L'):
               if METHODS[key].family is None]
     if others:
         ax.scatter([r[0] for r in others], [r[1] for r in others], color='grey', s=14, label='other rows')
-    for key, row in methods.items():
-        ax.annotate(key, (row['region_mib'], row['gain_mean']), textcoords='offset points', xytext=(4, 3),
-                    fontsize=6.5, color='dimgrey' if METHODS[key].family is None else 'black')
+    ax.set_xscale('log')
+    points = {key: (row['region_mib'], row['gain_mean']) for key, row in methods.items()}
+    for key, offset in label_offsets(ax, points, fontsize=6.5).items():
+        ax.annotate(key, points[key], textcoords='offset points', xytext=offset, fontsize=6.5,
+                    color='dimgrey' if METHODS[key].family is None else 'black',
+                    arrowprops=None if offset == (4, 3) else dict(arrowstyle='-', lw=0.4, color='grey'))
     if default_key in methods:
         row = methods[default_key]
         ax.scatter([row['region_mib']], [row['gain_mean']], s=160, facecolors='none', edgecolors='red',
                    linewidths=2, label=f'the default ({default_key})', zorder=5)
-    ax.set_xscale('log')
     ax.set_xlabel('measured memory of the fine-tuned region (MiB, log scale)')
     ax.set_ylabel('mIoU gain over the calibrated start (mean and std over seeds)')
     ax.grid(True, which='both', alpha=0.3)
@@ -530,6 +532,24 @@ def plot_families(methods, path, default_key='default-10L'):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def label_offsets(ax, points: Dict[str, Tuple[float, float]], fontsize: float) -> Dict[str, Tuple[int, int]]:
+    """Per label, an offset in points from its point (4 right, 3 up unless that overlaps a label already
+    placed; then the nearest free slot above or below): crowded points keep readable labels."""
+    ax.figure.canvas.draw()  # fixes the limits, so that data map to display points
+    to_pt = 72 / ax.figure.dpi
+    placed, offsets = [], {}
+    for key, (x, y) in sorted(points.items(), key=lambda kv: (kv[1][0], -kv[1][1])):
+        px, py = (v * to_pt for v in ax.transData.transform((x, y)))
+        width, height = 0.6 * fontsize * len(key), fontsize + 1
+        for dy in (3, 3 + height, 3 - height, 3 + 2 * height, 3 - 2 * height, 3 + 3 * height, 3 - 3 * height):
+            box = (px + 4, py + dy, px + 4 + width, py + dy + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        offsets[key] = (4, round(dy))
+    return offsets
 
 
 def main_rows(methods) -> Dict[str, dict]:

@@ -253,3 +253,17 @@ def test_grad_fidelity_subspace_section_has_a_row_per_layer_and_a_mean_per_optio
     assert '| a.conv | 4x8x3x3 | 0.900 | 0.900 | 4x8x3x3 | 0.900 | 0.800 |' in table[0]
     assert '- frozen: mean cos 0.700, mean norm ratio 1.000, mean energy 0.900' in lines
     assert 'figures over the last 3' in lines[2]
+
+
+def test_labels_of_crowded_points_do_not_overlap():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    points = {'a-long-label': (5.0, 10.0), 'b-long-label': (5.1, 10.05), 'far': (100.0, 0.0)}
+    ax.plot([p[0] for p in points.values()], [p[1] for p in points.values()], 'o')
+    ax.set_xscale('log')
+    offsets = finetune.label_offsets(ax, points, fontsize=6.5)
+    plt.close(fig)
+    assert offsets['far'] == (4, 3) and offsets['a-long-label'] == (4, 3)
+    assert offsets['b-long-label'] != (4, 3)  # moved off the first label
