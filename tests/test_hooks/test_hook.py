@@ -306,6 +306,11 @@ PAPER_10L = {
                    'backbone.layer7.0.conv.0.conv', 'backbone.layer7.0.conv.1.conv', 'backbone.layer7.0.conv.2.conv',
                    'decode_head.convs.0.conv', 'decode_head.convs.1.conv', 'decode_head.conv_cat.conv',
                    'decode_head.conv_seg'],
+    # the last MiT block's attention output projection and Mix-FFN convs: transformer layers are chosen
+    'segformer_mit-b0': ['backbone.layers.3.1.1.attn.attn.out_proj', 'backbone.layers.3.1.1.ffn.layers.0',
+                         'backbone.layers.3.1.1.ffn.layers.1', 'backbone.layers.3.1.1.ffn.layers.4',
+                         'decode_head.convs.0.conv', 'decode_head.convs.1.conv', 'decode_head.convs.2.conv',
+                         'decode_head.convs.3.conv', 'decode_head.fusion_conv.conv', 'decode_head.conv_seg'],
 }
 
 
@@ -366,7 +371,9 @@ def test_every_config_builds_and_its_layers_exist(config):
     cfg, model = build_model_from_config(config)
     check_plugin_imports(cfg)  # no false alarm of the checks tools/train.py runs first
     check_types(cfg)
-    assert cfg.model.backbone.norm_cfg.type == 'BN'
+    from mmseg_actcomp.apis.checks import walk_dicts
+    norms = {node['type'] for _, node in walk_dicts(cfg.model.to_dict()) if 'BN' in str(node.get('type'))}
+    assert norms == {'BN'}, f'{config}: one CPU process or GPU needs plain BN, has {norms}'
     hooks = [h for h in cfg.get('custom_hooks', []) if h['type'] == 'ActivationCompressionHook']
     assert_name_matches_hook(config, hooks)
     if not hooks:
@@ -481,9 +488,14 @@ def test_precise_norm_stats_are_estimated_once_at_the_start_not_on_resume(sample
 
 
 @pytest.mark.slow
-def test_ddp_two_gloo_processes(sample_workspace, tmp_path):
-    config = sample_config('deeplabv3_r18-d8', 'hosvd-0.8-10L')
-    initial = initial_checkpoint('deeplabv3_r18-d8', tmp_path / 'init.pth')
+@pytest.mark.parametrize('arch, variant, frozen', [
+    ('deeplabv3_r18-d8', 'hosvd-0.8-10L', 'backbone.layer1.0.conv1.weight'),
+    # a transformer: compressed attention out_proj and Mix-FFN convs among the layers, LayerNorms in the region
+    ('segformer_mit-b0', 'hosvd-10L', 'backbone.layers.3.1.1.attn.attn.in_proj_weight'),
+])
+def test_ddp_two_gloo_processes(sample_workspace, tmp_path, arch, variant, frozen):
+    config = sample_config(arch, variant)
+    initial = initial_checkpoint(arch, tmp_path / 'init.pth')
     out = run_tool(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29537',
                     osp.join(REPO, 'tests', 'helpers', 'dist_cpu_train.py'), config, '--launcher', 'pytorch',
                     '--work-dir', tmp_path / 'work', '--cfg-options', f'load_from={tmp_path / "init.pth"}',
@@ -495,7 +507,7 @@ def test_ddp_two_gloo_processes(sample_workspace, tmp_path):
     assert 'Distributed training: True' in out.stdout
     assert re.search(r'Iter\(train\) \[3/3\].*actcomp_rank_mode1', out.stdout)
     trained = torch.load(tmp_path / 'work' / 'iter_3.pth', map_location='cpu', weights_only=False)['state_dict']
-    assert torch.equal(trained['backbone.layer1.0.conv1.weight'], initial['backbone.layer1.0.conv1.weight'])
+    assert torch.equal(trained[frozen], initial[frozen])
     assert not torch.equal(trained['decode_head.conv_seg.weight'], initial['decode_head.conv_seg.weight'])
 
 
