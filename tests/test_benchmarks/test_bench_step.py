@@ -107,7 +107,8 @@ def test_a_device_that_is_not_here_is_named(device, capsys):
     assert bench_step.parse_args(['--device', 'cpu']).device == 'cpu'
 
 
-@pytest.mark.parametrize('config', bench_step.PAPER_CONFIGS)
+@pytest.mark.parametrize('config', [c for c in bench_step.PAPER_CONFIGS
+                                    if c not in bench_step.PAPER_TRANSFORMER_CONFIGS])
 def test_paper_scale_configs_are_the_papers_size_and_layers(config):
     from mmengine.config import Config
     cfg = Config.fromfile(osp.join(REPO, config))
@@ -119,6 +120,36 @@ def test_paper_scale_configs_are_the_papers_size_and_layers(config):
     crop, = [t for t in cfg.train_dataloader.dataset.pipeline if t.type == 'RandomCrop']
     assert tuple(crop.crop_size) == (512, 512)
     assert cfg.model.backbone.init_cfg.checkpoint == 'data/pretrained/mobilenet_v2_imagenet.pth'
+
+
+@pytest.mark.parametrize('config', bench_step.PAPER_TRANSFORMER_CONFIGS)
+def test_paper_scale_transformer_configs_are_the_papers_size_with_transformer_layers(config):
+    """512x512, batch 8, random init (no transformer weights ship here), the hook's default on 10 layers
+    of which some are linear layers or attention projections."""
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+    from mmseg_actcomp.hooks import ActivationCompressionHook
+    cfg = Config.fromfile(osp.join(REPO, config))
+    hook, = cfg.custom_hooks
+    assert set(hook) <= {'type', 'num_layers', 'layers'}, hook  # the default compression
+    assert cfg.train_dataloader.batch_size == 8 and tuple(cfg.model.data_preprocessor.size) == (512, 512)
+    assert cfg.model.backbone.init_cfg is None
+    register_all_modules()
+    cfg.model.data_preprocessor.size = (64, 64)  # the trace that picks the layers; smaller is quicker
+    model = MODELS.build(cfg.model)
+    paths = ActivationCompressionHook(**{k: v for k, v in hook.items() if k != 'type'}).region.apply(model)
+    assert len(paths) == 10
+    modules = dict(model.named_modules())
+    assert any(type(modules[p]).__name__ in ('HOSVDLinear', 'LeanMultiheadAttention') or '_proj' in p
+               for p in paths), paths
+
+
+def test_paper_scale_transformers_run_their_variants_against_their_region_target():
+    args = bench_step.parse_args(['--paper-scale'])
+    assert set(bench_step.PAPER_TRANSFORMER_CONFIGS) <= set(args.configs)
+    assert bench_step.TRANSFORMER_MIN_REGION_REDUCTION == 10.0 and bench_step.MIN_REGION_REDUCTION == 20.0
+    assert set(bench_step.PAPER_TRANSFORMER_VARIANTS) <= set(args.variants)
 
 
 def test_region_target_is_measured_against_the_given_factor():
