@@ -77,6 +77,8 @@ def test_rows_of_the_issue_and_what_they_set():
     assert methods['hosvd-0.8-lr2x'].lr_scale == 2.0 and methods['none-300it'].iters == 300
     assert 300 % methods['none-300it'].val_interval == 0
     assert set(finetune.PSPNET_METHODS) == {'none', 'default-10L'}
+    assert methods['svd-0.9'].seeds == methods['hosvd-budget-1mib'].seeds == finetune.ABLATION_SEEDS
+    assert methods['default-10L'].seeds is None and methods['gradfilt-r2'].seeds is None  # the protocol's
 
 
 LOG = """12/06 20:24:04 - mmengine - INFO - per class results:
@@ -103,7 +105,7 @@ def test_class_ious_come_from_the_last_table_mmseg_logged():
 
 def _result(tmp_path):
     runs = _runs()
-    for key in ('none-1L', 'default-1L', 'none-all', 'default-all'):
+    for key in ('none-1L', 'default-1L', 'none-all', 'default-all', 'hosvd-0.7'):
         runs[key] = _runs()['hosvd-0.8']
     for by_seed in runs.values():
         for record in by_seed.values():
@@ -113,7 +115,7 @@ def _result(tmp_path):
     methods = finetune.summarise(runs, start_miou=25.0, step_s=step_s,
                                  start_class_iou={'background': 80.0, 'bottle': 5.0})
     memory = {'none': 100.0, 'hosvd-0.8': 20.0, 'none-1L': 8.0, 'default-1L': 0.5, 'none-all': 900.0,
-              'default-all': 6.0}
+              'default-all': 6.0, 'hosvd-0.7': 15.0}
     for key, row in methods.items():
         row.update(region_mib=memory[key], ranks={'decode_head.conv_seg': [3, 14, 2, 1]} if key == 'hosvd-0.8' else {},
                    region_bns_keep='input whole')
@@ -132,6 +134,9 @@ def test_written_report(tmp_path):
     assert ("| hosvd-0.8 | the paper's 10 | input whole | 36.00 | +11.00 ± 1.00 | 65 % | 20.00 | 5.0x less | 1.00x "
             '| 60.0 % |') in text
     assert '| decode_head.conv_seg | 3x14x2x1 |' in text
+    # an earlier issue's ablation, run on fewer seeds, says so where its gain is
+    assert '| hosvd-0.7 | the paper\'s 10 | input whole | 36.00 | +11.00 ± 1.00 (2 seeds) | 65 % |' in text
+    assert 'Seeds [0, 1] (`hosvd-0.7`: seeds [0, 1], rows of earlier issues)' in text
     assert 'Written by `python benchmarks/finetune.py` (10 min this invocation; the 12 fine-tuning runs' in text
     assert '2.0 h in all' in text
     # for the memory of vanilla over the last layer (8 MiB), the best compressed row within it
