@@ -58,6 +58,38 @@ def test_the_stock_config_is_the_sample_runs_with_the_familys_model():
     # same-length class weights stay
     kept = zoo_sweep.voc_model_cfg(dict(head=dict(num_classes=3, class_weight=[1.0] * 21)))
     assert kept['head'] == dict(num_classes=21, class_weight=[1.0] * 21)
+    # a mask classifier's (Mask2Former: 19 classes and the no-object class, which mmdet's head requires)
+    mask = zoo_sweep.voc_model_cfg(dict(head=dict(num_classes=19, loss=dict(class_weight=[2.0] * 19 + [0.1]))))
+    assert mask['head']['loss']['class_weight'] == [1.0] * 21 + [0.1]
+    # SAN's text encoder embeds the classes it predicts: the VOC names
+    san = zoo_sweep.voc_model_cfg(dict(text_encoder=dict(dataset_name='voc'), decode_head=dict(num_classes=20)))
+    assert san['text_encoder']['dataset_name'] is None and len(san['text_encoder']['vocabulary']) == 21
+    assert san['text_encoder']['vocabulary'][:2] == ['background', 'aeroplane']
+
+
+def test_class_weights_that_fit_no_heads_class_count_are_dropped():
+    # SAN's VOC config: 20 classes, the 172 weights of its COCO-Stuff base; Mask2Former: n + 1 (no object)
+    model = dict(decode_head=dict(num_classes=20, loss_cls=dict(class_weight=[1.0] * 172)),
+                 auxiliary_head=dict(num_classes=19, loss_cls=dict(class_weight=[1.0] * 20)))
+    fixed = zoo_sweep.drop_mismatched_class_weights(model)
+    assert fixed['decode_head']['loss_cls']['class_weight'] is None
+    assert fixed['auxiliary_head']['loss_cls']['class_weight'] == [1.0] * 20
+    assert len(model['decode_head']['loss_cls']['class_weight']) == 172  # a copy
+
+
+def test_sans_text_encoder_gets_clips_init_from_a_checkpoint_written_for_the_run():
+    import torch
+    model = dict(text_encoder=dict(type='CLIPTextEncoder', embed_dims=64, output_dims=32),
+                 decode_head=dict(type='SideAdapterCLIPHead'))
+    fixed = zoo_sweep.clip_text_init(model)
+    init = fixed['text_encoder']['init_cfg']
+    assert init['type'] == 'Pretrained_Part' and fixed['decode_head']['init_cfg'] == init
+    assert 'init_cfg' not in model['text_encoder']  # a copy
+    state = torch.load(init['checkpoint'], weights_only=True)
+    # context_length: CLIPTextEncoder's default (77)
+    assert state['text_encoder.positional_embedding'].shape == (77, 64)
+    assert state['text_encoder.text_projection'].shape == (64, 32)
+    assert 0.005 < float(state['text_encoder.positional_embedding'].std()) < 0.015
 
 
 def test_a_missing_sample_voc_is_named(tmp_path, capsys):
@@ -113,6 +145,9 @@ def test_an_attention_projections_weight_gradient_is_its_rows_of_the_parameter()
     grad = zoo_sweep.weight_grad(k_proj)
     assert grad.shape == (8, 8) and torch.equal(grad, model[0].in_proj_weight.grad[8:16])
     assert zoo_sweep.weight_grad(model[0].out_proj) is model[0].out_proj.weight.grad
+    # the checkpoint check's keys: the attention's Parameter, the output projection's own weight
+    assert zoo_sweep.weight_key('0.k_proj', k_proj) == '0.in_proj_weight' in model.state_dict()
+    assert zoo_sweep.weight_key('0.out_proj', model[0].out_proj) == '0.out_proj.weight' in model.state_dict()
 
 
 @pytest.mark.slow
