@@ -59,6 +59,6 @@ setup(
     cmdclass={'build_py': BuildPyWithMim},
     python_requires='>=3.8',
     install_requires=parse_requirements('runtime.txt'),
-    extras_require={'tests': parse_requirements('tests.txt')},
+    extras_require={'tests': parse_requirements('tests.txt'), 'zoo': parse_requirements('zoo.txt')},
     license='Apache License 2.0',
 )

@@ -48,18 +48,26 @@ def _storage_groups(records: Iterable[SavedTensor]) -> Dict[tuple, List[SavedTen
     return groups
 
 
-def _per_op(groups: Dict[tuple, List[SavedTensor]]) -> Dict[str, Dict[str, int]]:
+def _per_op(groups: Dict[tuple, List[SavedTensor]]) -> Dict[str, dict]:
     """Per backward-op name: ``bytes`` of the storages it keeps (each once), ``exclusive_bytes`` of those
-    only that op keeps (freed if that op kept nothing), and ``saves``, the number of saved tensors."""
+    only that op keeps (freed if that op kept nothing), ``saves``, the number of saved tensors, and
+    ``module``, the module path whose saves for that op hold the most of its ``bytes`` (a storage counts for
+    the module of the op's first save on it; ties: the first saved)."""
     table = defaultdict(lambda: {'bytes': 0, 'exclusive_bytes': 0, 'saves': 0})
+    by_module = defaultdict(dict)  # op -> module -> bytes, in order of first save
     for saves in groups.values():
         ops = {record.op for record in saves}
         nbytes = saves[0].nbytes
         for op in ops:
             table[op]['bytes'] += nbytes
             table[op]['exclusive_bytes'] += nbytes if len(ops) == 1 else 0
+            first = min((r for r in saves if r.op == op), key=lambda r: r.index)
+            modules = by_module[op]
+            modules[first.module] = modules.get(first.module, 0) + nbytes
         for record in saves:
             table[record.op]['saves'] += 1
+    for op, modules in by_module.items():
+        table[op]['module'] = max(modules, key=modules.get)
     return dict(sorted(table.items(), key=lambda item: -item[1]['bytes']))
 
 

@@ -27,6 +27,9 @@ OP_KEEPS = {
     'GradFilterConv2dFunctionBackward': 'conv input summed over patches (gradient filter; what the estimate '
                                         'counts)',
     'PackedMaskReLUFunctionBackward': 'ReLU mask, bit-packed (1 bit/element)',
+    'PackedMaskPReLUFunctionBackward': 'PReLU mask, bit-packed (1 bit/element; frozen slope)',
+    'PreluKernelBackward0': 'PReLU: its full input',
+    'MulBackward0': 'elementwise product: its operands (e.g. an attention or gate map and the features)',
     'NativeBatchNormBackward0': 'BN: its full input (batch statistics: for the exact input gradient)',
     'QuantizedInputBatchNormFunctionBackward': 'BN on batch statistics: its input quantized '
                                                '(norm_input_bits per element, a range per plane)',

@@ -9,8 +9,8 @@ from .functional import (CompressedConv2dFunction, CompressedLinearFunction, com
                          conv2d_weight_from_tucker, linear_weight_from_tucker)
 from .gradfilt import GradFilterConv2d, GradFilterConv2dFunction, gradfilt_conv2d
 from .linear import CompressedLinear, HOSVDLinear, LinearCompression, SVDLinear
-from .lean import (LeanAdaptiveAvgPool2d, LeanBatchNorm2d, LeanConv2d, LeanGELU, LeanLayerNorm, PackedMaskReLU,
-                   RegeneratedDropout, make_lean, packed_mask_relu)
+from .lean import (LeanAdaptiveAvgPool2d, LeanBatchNorm2d, LeanConv2d, LeanGELU, LeanLayerNorm, PackedMaskPReLU,
+                   PackedMaskReLU, RegeneratedDropout, make_lean, packed_mask_relu)
 
 __all__ = [
     'AttentionProjection', 'CompressedProjection', 'HOSVDProjection', 'LeanMultiheadAttention', 'SVDProjection',
@@ -18,6 +18,6 @@ __all__ = [
     'SVDConv2d', 'CompressedConv2dFunction', 'compressed_conv2d',
     'conv2d_weight_from_tucker', 'CompressedLinear', 'HOSVDLinear', 'SVDLinear', 'CompressedLinearFunction',
     'compressed_linear', 'linear_weight_from_tucker', 'GradFilterConv2d', 'GradFilterConv2dFunction', 'gradfilt_conv2d',
-    'LeanAdaptiveAvgPool2d', 'LeanBatchNorm2d', 'LeanConv2d', 'LeanGELU', 'LeanLayerNorm', 'PackedMaskReLU',
-    'RegeneratedDropout', 'make_lean', 'packed_mask_relu'
+    'LeanAdaptiveAvgPool2d', 'LeanBatchNorm2d', 'LeanConv2d', 'LeanGELU', 'LeanLayerNorm', 'PackedMaskPReLU',
+    'PackedMaskReLU', 'RegeneratedDropout', 'make_lean', 'packed_mask_relu'
 ]

@@ -206,7 +206,10 @@ class CompressedLinearFunction(Function):
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], tucker: Tucker) -> Tensor:
-        return torch.nn.functional.linear(x, weight, bias)
+        out = torch.nn.functional.linear(x, weight, bias)
+        # F.linear returns the (B*N, C') product viewed as (B, N, C') for a 3-d input: autograd forbids
+        # modifying a custom Function's view output in place (mmdet's FFN: ReLU(inplace=True) after it)
+        return out.clone() if out._is_view() else out
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:

@@ -177,6 +177,18 @@ def test_region_split_and_per_op_breakdown():
     assert report['region_modules'] == ['block', 'block.conv'] and report['region_rule'] == REGION_RULE
 
 
+def test_per_op_names_the_module_holding_most_of_its_bytes():
+    """Two ReLUs of different sizes in the region: the op's module is the larger one's; BN's is its own."""
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module('small', nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU()))
+    model.add_module('large', nn.Sequential(nn.Conv2d(2, 8, 1), nn.BatchNorm2d(8), nn.ReLU()))
+    step = measure_step(model, lambda: model(torch.randn(2, 3, 4, 4)).sum(), ['small.0', 'large.0'])
+    ops = step.saved['per_op']['region']
+    assert ops['ReluBackward0']['module'] == 'large.2' and ops['ReluBackward0']['saves'] == 2
+    assert ops['NativeBatchNormBackward0']['module'] == 'large.1'
+
+
 def test_storage_of_tensors_without_storage():
     assert storage_of(torch.empty(4, 4, device='meta'))[1] == 0
     sparse = torch.eye(3).to_sparse()

@@ -142,6 +142,22 @@ def test_full_threshold_output_and_gradients_equal_linear(layer_cls, shape, cent
 
 
 @pytest.mark.parametrize('layer_cls', LAYERS)
+@pytest.mark.parametrize('shape', [(3, 16), (2, 7, 16), (2, 3, 2, 16)], ids=['BC', 'BNC-7', 'BHWC'])
+def test_the_output_can_be_modified_in_place(layer_cls, shape):
+    """mmdet's FFN (MaskFormer's decoder) runs ReLU(inplace=True) on a linear layer's output: on a 3-d input
+    F.linear's output is a view, which autograd forbids modifying in place as a custom Function's output."""
+    linear, layer = make_pair(layer_cls, 1.0)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(6))
+    results = []
+    for module in (layer, linear):
+        inputs = [x.detach().requires_grad_(), module.weight, module.bias]
+        out = F.relu(module(inputs[0]), inplace=True)
+        results.append((out,) + torch.autograd.grad(out.square().sum(), inputs))
+    for mine, ref in zip(*results):
+        torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('layer_cls', LAYERS)
 @pytest.mark.parametrize('shape', [(3, 4), (2, 7, 4), (2, 3, 2, 4)], ids=['BC', 'BNC-7', 'BHWC'])
 def test_full_threshold_gradcheck_float64(layer_cls, shape):
     _, layer = make_pair(layer_cls, 1.0, in_features=4, out_features=3, dtype=torch.float64, center=True)

@@ -58,6 +58,38 @@ def test_the_stock_config_is_the_sample_runs_with_the_familys_model():
     # same-length class weights stay
     kept = zoo_sweep.voc_model_cfg(dict(head=dict(num_classes=3, class_weight=[1.0] * 21)))
     assert kept['head'] == dict(num_classes=21, class_weight=[1.0] * 21)
+    # a mask classifier's (Mask2Former: 19 classes and the no-object class, which mmdet's head requires)
+    mask = zoo_sweep.voc_model_cfg(dict(head=dict(num_classes=19, loss=dict(class_weight=[2.0] * 19 + [0.1]))))
+    assert mask['head']['loss']['class_weight'] == [1.0] * 21 + [0.1]
+    # SAN's text encoder embeds the classes it predicts: the VOC names
+    san = zoo_sweep.voc_model_cfg(dict(text_encoder=dict(dataset_name='voc'), decode_head=dict(num_classes=20)))
+    assert san['text_encoder']['dataset_name'] is None and len(san['text_encoder']['vocabulary']) == 21
+    assert san['text_encoder']['vocabulary'][:2] == ['background', 'aeroplane']
+
+
+def test_class_weights_that_fit_no_heads_class_count_are_dropped():
+    # SAN's VOC config: 20 classes, the 172 weights of its COCO-Stuff base; Mask2Former: n + 1 (no object)
+    model = dict(decode_head=dict(num_classes=20, loss_cls=dict(class_weight=[1.0] * 172)),
+                 auxiliary_head=dict(num_classes=19, loss_cls=dict(class_weight=[1.0] * 20)))
+    fixed = zoo_sweep.drop_mismatched_class_weights(model)
+    assert fixed['decode_head']['loss_cls']['class_weight'] is None
+    assert fixed['auxiliary_head']['loss_cls']['class_weight'] == [1.0] * 20
+    assert len(model['decode_head']['loss_cls']['class_weight']) == 172  # a copy
+
+
+def test_sans_text_encoder_gets_clips_init_from_a_checkpoint_written_for_the_run():
+    import torch
+    model = dict(text_encoder=dict(type='CLIPTextEncoder', embed_dims=64, output_dims=32),
+                 decode_head=dict(type='SideAdapterCLIPHead'))
+    fixed = zoo_sweep.clip_text_init(model)
+    init = fixed['text_encoder']['init_cfg']
+    assert init['type'] == 'Pretrained_Part' and fixed['decode_head']['init_cfg'] == init
+    assert 'init_cfg' not in model['text_encoder']  # a copy
+    state = torch.load(init['checkpoint'], weights_only=True)
+    # context_length: CLIPTextEncoder's default (77)
+    assert state['text_encoder.positional_embedding'].shape == (77, 64)
+    assert state['text_encoder.text_projection'].shape == (64, 32)
+    assert 0.005 < float(state['text_encoder.positional_embedding'].std()) < 0.015
 
 
 def test_a_missing_sample_voc_is_named(tmp_path, capsys):
@@ -68,13 +100,68 @@ def test_a_missing_sample_voc_is_named(tmp_path, capsys):
 
 
 def test_the_markdown_says_what_failed():
+    left = zoo_sweep.largest_op_left({'CompressedConv2dFunctionBackward': dict(bytes=2**19),
+                                      'BmmBackward0': dict(bytes=2**19, module='head.attn')}, 2**20)
     rows = [dict(family='x', config='x/x.py', ok=False, seconds=1.0, error='RuntimeError: a | b'),
             dict(family='y', config='y/y.py', ok=True, seconds=2.0, input='2x3x64x64', layers=['a', 'b'],
-                 region_vanilla_bytes=4 * 2**20, region_hosvd_bytes=2**20)]
+                 linear_layers=['b'], region_vanilla_bytes=4 * 2**20, region_hosvd_bytes=2**20,
+                 largest_op_left=left),
+            dict(family='z', config='z/z.py', ok=False, seconds=0.0, skipped='needs zz (pip install zz)')]
     text = zoo_sweep.markdown(rows, 'python tools/zoo_sweep.py', 64, 2)
-    assert '1 of 2 families pass' in text and '| x | `x/x.py` |  | NO |' in text and 'RuntimeError: a / b' in text
-    assert '| y | `y/y.py` | 2x3x64x64 | yes | 2: `a` ... `b` | 4.00 | 1.00 | 4.0x | 2 |  |' in text
+    assert '1 of 3 families pass, 1 skipped' in text
+    assert '| x | `x/x.py` |  | NO |' in text and 'RuntimeError: a / b' in text
+    assert ('| y | `y/y.py` | 2x3x64x64 | yes | 2: `a` ... `b` | 1 | 4.00 | 1.00 | 4.0x | decompositions 50%; '
+            '`BmmBackward0` 0.50 MiB (50%) in `head.attn`: batched matrix product (attention): its operands '
+            '| 2 |  |') in text
+    assert '| z | `z/z.py` |  | skipped |' in text and '| skipped: needs zz (pip install zz) |' in text
     assert 'stock' not in text
     rows[1]['stock'] = dict(train_loss=2.5, miou=1.234, actcomp={})
+    rows[1]['last_linear_from_end'] = 14
     text = zoo_sweep.markdown(rows, 'python tools/zoo_sweep.py', 64, 2)
-    assert '| 4.0x | 2.500 | 1.23 | 2 |  |' in text and '| NO |  |  |  |  |  |  | 1 |' in text
+    assert ': its operands | 2.500 | 1.23 | 2 |  |' in text
+    assert '| x | `x/x.py` |  | NO |  |  |  |  |  |  |  |  | 1 |' in text
+    assert '| 1 (the last is 14th from the end) |' in text
+
+
+def test_a_family_needing_a_missing_package_is_skipped_with_the_command(monkeypatch, capsys):
+    monkeypatch.setitem(zoo_sweep.REQUIRES, 'fcn', ('no_such_module_zoo', 'nosuch', 'pip install nosuch'))
+    row = zoo_sweep.sweep_family('fcn')
+    assert not row['ok'] and row['skipped'].startswith('needs nosuch (pip install nosuch): import no_such_module_zoo')
+    assert 'layers' not in row
+    assert zoo_sweep.main(['--families', 'fcn', '--no-train']) == 0  # skipped is no failure
+    assert 'skip fcn' in capsys.readouterr().out
+
+
+def test_an_attention_projections_weight_gradient_is_its_rows_of_the_parameter():
+    import torch
+    from torch import nn
+    from mmseg_actcomp.ops.attention import expose_attention_projections
+    model = nn.Sequential(nn.MultiheadAttention(8, 2, batch_first=True))
+    expose_attention_projections(model)
+    k_proj = model[0].k_proj
+    assert zoo_sweep.weight_grad(k_proj) is None  # no backward yet
+    x = torch.randn(2, 3, 8)
+    model[0](x, x, x)[0].sum().backward()
+    grad = zoo_sweep.weight_grad(k_proj)
+    assert grad.shape == (8, 8) and torch.equal(grad, model[0].in_proj_weight.grad[8:16])
+    assert zoo_sweep.weight_grad(model[0].out_proj) is model[0].out_proj.weight.grad
+    # the checkpoint check's keys: the attention's Parameter, the output projection's own weight
+    assert zoo_sweep.weight_key('0.k_proj', k_proj) == '0.in_proj_weight' in model.state_dict()
+    assert zoo_sweep.weight_key('0.out_proj', model[0].out_proj) == '0.out_proj.weight' in model.state_dict()
+
+
+@pytest.mark.slow
+def test_a_transformer_familys_linear_and_attention_layers_are_chosen_and_trained():
+    """SegFormer (MiT-B0): the last block's attention output projection and MixFFN among the 10 layers, each
+    reached by its weight gradient (sweep_family checks it), the region's GELU made lean."""
+    row = zoo_sweep.sweep_family('segformer', size=64, batch=2)
+    assert row['ok'], row.get('traceback')
+    assert len(row['layers']) == 10
+    assert 'backbone.layers.3.1.1.attn.attn.out_proj' in row['linear_layers']
+    assert set(row['linear_layers']) <= set(row['layers']) and 'last_linear_from_end' not in row
+    assert 0 < row['region_hosvd_bytes'] < row['region_vanilla_bytes']
+    assert 'CompressedLinearFunctionBackward' in row['lean_ops']
+    # MixFFN's GELU, inside the chosen convs' Sequential, keeps its derivative quantized, not its input
+    assert 'QuantizedDerivativeGELUFunctionBackward' in row['lean_ops'] and 'GeluBackward0' not in row['lean_ops']
+    left = row['largest_op_left']
+    assert 0 < left['decomposed_share'] < 1 and left['op'] not in zoo_sweep.COMPRESSED_OPS

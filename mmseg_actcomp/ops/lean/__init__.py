@@ -5,6 +5,8 @@ Compressing a convolution's input frees nothing while the layers next to it keep
 module per op family, each stating what stock autograd keeps there and what its lean op keeps instead:
 
 * :mod:`.relu`: ``nn.ReLU`` / ``nn.ReLU6`` keep their output; :class:`PackedMaskReLU` a 1-bit mask.
+* :mod:`.prelu`: ``nn.PReLU`` keeps its input; :class:`PackedMaskPReLU` a 1-bit mask while its weight is
+  frozen.
 * :mod:`.batchnorm`: ``nn.BatchNorm2d`` keeps its input; :class:`LeanBatchNorm2d` nothing on running
   statistics with ``gamma`` frozen, a compressed ``x_hat`` with ``gamma`` trainable, the input quantized
   on batch statistics.
@@ -31,6 +33,7 @@ from .layernorm import (LeanLayerNorm, QuantizedNormalisedLayerNormFunction, fro
                         layer_norm_backward, sample_feature_planes)
 from .make import make_lean
 from .pooling import LeanAdaptiveAvgPool2d, ShapeOnlyAdaptiveAvgPool2dFunction
+from .prelu import PackedMaskPReLU, PackedMaskPReLUFunction
 from .relu import PackedMaskReLU, PackedMaskReLUFunction, pack_bits, packed_mask_relu, unpack_bits
 
 __all__ = [
@@ -40,6 +43,6 @@ __all__ = [
     'gelu_derivative', 'LeanLayerNorm', 'QuantizedNormalisedLayerNormFunction', 'from_sample_feature_planes',
     'layer_norm_backward', 'sample_feature_planes',
     'LeanConv2d', 'conv_twin', 'explicit_padding', 'frozen_weight_conv2d', 'make_lean', 'LeanAdaptiveAvgPool2d',
-    'ShapeOnlyAdaptiveAvgPool2dFunction', 'PackedMaskReLU', 'PackedMaskReLUFunction', 'pack_bits',
-    'packed_mask_relu', 'unpack_bits'
+    'ShapeOnlyAdaptiveAvgPool2dFunction', 'PackedMaskPReLU', 'PackedMaskPReLUFunction', 'PackedMaskReLU',
+    'PackedMaskReLUFunction', 'pack_bits', 'packed_mask_relu', 'unpack_bits'
 ]

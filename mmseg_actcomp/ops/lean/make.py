@@ -20,6 +20,7 @@ from .frozen_conv import LeanConv2d
 from .gelu import LeanGELU
 from .layernorm import LeanLayerNorm
 from .pooling import LeanAdaptiveAvgPool2d
+from .prelu import PackedMaskPReLU
 from .relu import PackedMaskReLU
 
 def _lean_twin(module: nn.Module, explained_variance: float, method: str, input_bits: Optional[int],
@@ -27,7 +28,7 @@ def _lean_twin(module: nn.Module, explained_variance: float, method: str, input_
     """The lean replacement of ``module``, ``module`` itself if it is lean already (its settings updated), or
     None if it has none."""
     kind = type(module)
-    if kind in (PackedMaskReLU, RegeneratedDropout, LeanConv2d, LeanAdaptiveAvgPool2d):
+    if kind in (PackedMaskReLU, PackedMaskPReLU, RegeneratedDropout, LeanConv2d, LeanAdaptiveAvgPool2d):
         return module
     if kind is LeanBatchNorm2d:
         module.explained_variance, module.method, module.input_bits = explained_variance, method, input_bits
@@ -40,6 +41,8 @@ def _lean_twin(module: nn.Module, explained_variance: float, method: str, input_
         return module
     if kind in (nn.ReLU, nn.ReLU6):
         return PackedMaskReLU.from_module(module)
+    if kind is nn.PReLU:
+        return PackedMaskPReLU.from_module(module)
     if is_plain_dropout(module):
         return RegeneratedDropout.from_module(module)
     if kind is nn.BatchNorm2d:
@@ -63,7 +66,8 @@ def make_lean(module: nn.Module, explained_variance: float, method: str, input_b
     """Replace, in place, every layer inside ``module`` that keeps a full-size activation it does not
     need by its lean twin, sharing parameters and buffers (state-dict keys unchanged):
 
-    ``nn.ReLU`` / ``nn.ReLU6`` -> :class:`PackedMaskReLU`; ``nn.BatchNorm2d`` -> :class:`LeanBatchNorm2d`
+    ``nn.ReLU`` / ``nn.ReLU6`` -> :class:`PackedMaskReLU`; ``nn.PReLU`` -> :class:`PackedMaskPReLU` (lean
+    only while its weight is frozen); ``nn.BatchNorm2d`` -> :class:`LeanBatchNorm2d`
     (``explained_variance`` and ``method`` for a trainable ``gamma`` on running statistics, ``input_bits``
     for batch statistics); ``nn.LayerNorm`` -> :class:`LeanLayerNorm` (``input_bits`` for its normalised
     input); ``nn.GELU`` -> :class:`LeanGELU` (``gelu_bits`` for its derivative); ``nn.Dropout`` /
