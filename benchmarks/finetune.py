@@ -122,7 +122,7 @@ def _hosvd(**options) -> dict:
 ABLATION_SEEDS = (0, 1)
 
 
-def _ablation(hook: dict, family: Optional[str] = None) -> 'Method':
+def _ablation(hook: dict, family: Optional[str] = None) -> Method:
     return Method(hook, family, seeds=ABLATION_SEEDS)
 
 
@@ -581,7 +581,7 @@ def _gain(row) -> str:
 
 
 def _gain_of(key, row) -> str:
-    """:func:`_gain`, saying how many seeds where the row ran fewer than the protocol's."""
+    """:func:`_gain`, saying how many seeds where a main-table row sets its own (the ablations')."""
     seeds = METHODS[key].seeds
     note = f' ({len(seeds)} seeds)' if seeds is not None and not METHODS[key].iters else ''
     return _gain(row) + note
