@@ -111,16 +111,45 @@ def test_the_markdown_says_what_failed():
     assert '1 of 3 families pass, 1 skipped' in text
     assert '| x | `x/x.py` |  | NO |' in text and 'RuntimeError: a / b' in text
     assert ('| y | `y/y.py` | 2x3x64x64 | yes | 2: `a` ... `b` | 1 | 4.00 | 1.00 | 4.0x | decompositions 50%; '
-            '`BmmBackward0` 0.50 MiB (50%) in `head.attn`: batched matrix product (attention): its operands '
-            '| 2 |  |') in text
+            '`BmmBackward0` 0.50 MiB (50%) in `head.attn`: batched matrix product (attention): its operands. '
+            '**Below 5x**: an attention') in text
     assert '| z | `z/z.py` |  | skipped |' in text and '| skipped: needs zz (pip install zz) |' in text
+    # 4x is below the 5x target: the row says why (BmmBackward0 keeps more than the decompositions)
+    assert 'Region target (issue 23): 0 of 1 passing families' in text and 'the rows of y say' in text
+    assert '(attention): its operands. **Below 5x**: an attention\'s products' in text
+    assert zoo_sweep.why_left(dict(rows[1], region_hosvd_bytes=2**19)) == ''  # 8x: nothing to explain
+    decomposed = dict(rows[1], largest_op_left=dict(left, decomposed_share=0.9, share=0.1))
+    assert zoo_sweep.why_left(decomposed) == zoo_sweep.WHY_DECOMPOSED
     assert 'stock' not in text
     rows[1]['stock'] = dict(train_loss=2.5, miou=1.234, actcomp={})
-    rows[1]['last_linear_from_end'] = 14
+    rows[1]['named_layers'] = True
     text = zoo_sweep.markdown(rows, 'python tools/zoo_sweep.py', 64, 2)
-    assert ': its operands | 2.500 | 1.23 | 2 |  |' in text
+    assert 'recomputing the attention in backward would drop them | 2.500 | 1.23 | 2 |  |' in text
     assert '| x | `x/x.py` |  | NO |  |  |  |  |  |  |  |  | 1 |' in text
-    assert '| 1 (the last is 14th from the end) |' in text
+    assert '| 1 (named) |' in text
+
+
+def test_a_transformer_under_a_conv_head_gets_its_last_linear_layers_named(monkeypatch):
+    """Where the last 10 traced layers are all convs (a head) but the model has linear layers and attention
+    projections, the sweep names its last 4 of those (and the projections sharing their Parameter) and the
+    last convs up to 10, in trace order; where one of the last 10 is linear, the hook line stays."""
+    from torch import nn
+    import mmseg_actcomp.ops.region as region
+    model = nn.Module()
+    model.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+    model.fc1, model.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+    model.convs = nn.ModuleList(nn.Conv2d(8, 8, 1) for _ in range(10))
+    transformer = ['attn.q_proj', 'attn.k_proj', 'attn.v_proj', 'attn.out_proj', 'fc1', 'fc2']
+    convs = [f'convs.{i}' for i in range(10)]
+    monkeypatch.setattr(region, 'trainable_inference_layers', lambda m: transformer + convs)
+    hook = zoo_sweep.sweep_hook(model)
+    assert 'num_layers' not in hook and hook['method'] == 'hosvd' and hook['explained_variance'] == 0.8
+    assert hook['layers'] == transformer + convs[-4:]
+    assert not hasattr(model.attn, 'q_proj')  # the model itself is left as it was
+    monkeypatch.setattr(region, 'trainable_inference_layers', lambda m: convs[:1] + transformer + convs[1:])
+    assert zoo_sweep.sweep_hook(model) is zoo_sweep.HOOK  # fc2 is 10th from the end
+    monkeypatch.setattr(region, 'trainable_inference_layers', lambda m: convs)
+    assert zoo_sweep.sweep_hook(model) is zoo_sweep.HOOK  # no linear layer traced
 
 
 def test_a_family_needing_a_missing_package_is_skipped_with_the_command(monkeypatch, capsys):
@@ -151,6 +180,20 @@ def test_an_attention_projections_weight_gradient_is_its_rows_of_the_parameter()
 
 
 @pytest.mark.slow
+def test_a_vit_under_upernet_trains_its_last_block():
+    """ViT (DeiT-S) under UPerNet: its last 10 layers are head convs, so the sweep names the last block's
+    attention projections and FFN; each gets its weight gradient (sweep_family checks it)."""
+    row = zoo_sweep.sweep_family('vit', size=64, batch=2)
+    assert row['ok'], row.get('traceback')
+    assert row['named_layers'] and len(row['layers']) == 10
+    assert set(row['linear_layers']) == {f'backbone.layers.11.{p}' for p in (
+        'attn.attn.q_proj', 'attn.attn.k_proj', 'attn.attn.v_proj', 'attn.attn.out_proj', 'ffn.layers.0.0',
+        'ffn.layers.1')}
+    assert 'CompressedLinearFunctionBackward' in row['lean_ops']
+    assert 0 < row['region_hosvd_bytes'] < row['region_vanilla_bytes']
+
+
+@pytest.mark.slow
 def test_a_transformer_familys_linear_and_attention_layers_are_chosen_and_trained():
     """SegFormer (MiT-B0): the last block's attention output projection and MixFFN among the 10 layers, each
     reached by its weight gradient (sweep_family checks it), the region's GELU made lean."""
@@ -158,7 +201,7 @@ def test_a_transformer_familys_linear_and_attention_layers_are_chosen_and_traine
     assert row['ok'], row.get('traceback')
     assert len(row['layers']) == 10
     assert 'backbone.layers.3.1.1.attn.attn.out_proj' in row['linear_layers']
-    assert set(row['linear_layers']) <= set(row['layers']) and 'last_linear_from_end' not in row
+    assert set(row['linear_layers']) <= set(row['layers']) and 'named_layers' not in row
     assert 0 < row['region_hosvd_bytes'] < row['region_vanilla_bytes']
     assert 'CompressedLinearFunctionBackward' in row['lean_ops']
     # MixFFN's GELU, inside the chosen convs' Sequential, keeps its derivative quantized, not its input
