@@ -4,8 +4,8 @@ gradient from the decomposed input against the exact weight gradient, the ranks,
 the input's energy kept; each also with the input centred first (its per-channel mean kept exactly, the
 decomposition spent on the rest: what the hook's ``center=True`` keeps).
 
-    python benchmarks/grad_fidelity.py [--checkpoints CKPT ...] [--batches 3] [--eps 0.7 0.8 0.9]
-        [--subspace-batches 5] [--out docs/grad_fidelity.md]
+    python benchmarks/grad_fidelity.py [--model deeplabv3 | segformer] [--checkpoints CKPT ...] [--batches 3]
+        [--eps 0.7 0.8 0.9] [--subspace-batches 5] [--out docs/grad_fidelity.md]
 
 A second section asks which mode's truncation loses the weight gradient: the centred HOSVD at each ε with
 only some of the four modes truncated (all four: the paper's; the batch mode alone; the channel mode alone;
@@ -26,6 +26,14 @@ The network runs vanilla (``method='none'`` on the same 10 layers, so nothing in
 each layer's input ``x: (B, C, H, W)`` and output gradient are captured, and ``grad_W`` is recomputed
 from ``x`` and from its reconstruction ``x_hat`` with ``torch.nn.grad.conv2d_weight``. HOSVD truncates all
 four modes, SVD the batch mode (:mod:`mmseg_actcomp.compression`).
+
+``--model segformer`` measures the transformer layers the same way on SegFormer-MiT-B0 trained from random
+weights on the learning benchmark's source task (``configs/finetune/segformer_mit-b0_source_*``, no MiT
+weights ship here), fed the target task: its last MiT block (the attention's query, key, value and output
+projections, the Mix-FFN's three convs) and the head's six convs. There every layer, conv or linear, is
+measured through the compressed layer the hook would put in its place (:func:`measure_layers`: the weight
+gradient that layer computes, with the hook's default ``truncate_batch``), and the modes section, written
+for 4-mode conv inputs, is left out.
 """
 import argparse
 import os.path as osp
@@ -40,20 +48,30 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = 'configs/finetune/deeplabv3_mv2-d8_none-10L_1xb8-100it_vocfinetune-128x128.py'
 CHECKPOINTS = ['work_dirs/finetune/calibrate/iter_100.pth', 'work_dirs/finetune/hosvd-0.8-uncentred/seed0/iter_100.pth',
                'work_dirs/finetune/hosvd-0.8/seed0/iter_100.pth', 'work_dirs/finetune/default-10L/seed0/iter_100.pth']
+SEGFORMER_SOURCE = 'configs/finetune/segformer_mit-b0_source_1xb8-500it_vocfinetune-128x128.py'
+SEGFORMER_WORK_DIR = 'work_dirs/finetune/segformer/source'
+#: --model: (the config whose hook names the layers, run vanilla on the target task; the default checkpoints;
+#: whether the layers are measured through their compressed twins; how to make the checkpoints)
+MODELS = {
+    'deeplabv3': (CONFIG, CHECKPOINTS, False, 'python benchmarks/finetune.py'),
+    'segformer': ('configs/finetune/segformer_mit-b0_none-13L_1xb8-100it_vocfinetune-128x128.py',
+                  [SEGFORMER_WORK_DIR + '/iter_500.pth'], True,
+                  f'python tools/train.py {SEGFORMER_SOURCE} --work-dir {SEGFORMER_WORK_DIR}'),
+}
 #: the modes section: which modes the centred HOSVD truncates, by name
 MODE_SETS = {'all four (the paper)': (0, 1, 2, 3), 'batch': (0,), 'channel': (1,), 'height and width': (2, 3),
              'channel, height, width (batch whole)': (1, 2, 3)}
 
 
 class InputAndGradient:
-    """Captures each watched conv's input ``x`` and output gradient ``dy`` of one forward+backward."""
+    """Captures each watched layer's input ``x`` and output gradient ``dy`` of one forward+backward."""
 
-    def __init__(self, convs):
-        self.convs, self.seen, self.handles = convs, {}, []
+    def __init__(self, layers):
+        self.layers, self.seen, self.handles = layers, {}, []
 
     def __enter__(self):
-        for path, conv in self.convs.items():
-            self.handles.append(conv.register_forward_hook(self._forward(path)))
+        for path, layer in self.layers.items():
+            self.handles.append(layer.register_forward_hook(self._forward(path)))
         return self
 
     def _forward(self, path):
@@ -71,6 +89,43 @@ class InputAndGradient:
 def weight_gradient(conv, x, dy):
     """``dL/dW`` of ``conv`` for input ``x: (B, C, H, W)`` and output gradient ``dy: (B, O, H', W')``."""
     return conv2d_weight(x, conv.weight.shape, dy, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def layer_weight_gradient(layer, x, dy):
+    """``dL/dP`` of the Parameter ``P`` that ``layer`` trains (its weight; an attention projection's: the
+    attention's ``in_proj_weight``, zero outside the projection's rows) for input ``x`` and output gradient
+    ``dy``, through ``layer``'s own forward and backward (a compressed layer: from what it kept)."""
+    from mmseg_actcomp.ops.convert import trained_parameters
+    weight = trained_parameters(layer)[0]
+    with torch.enable_grad():
+        return torch.autograd.grad(layer(x), weight, dy)[0]
+
+
+def measure_layers(captured, eps_values=(0.7, 0.8, 0.9), methods=('hosvd', 'svd')):
+    """:func:`measure`'s rows for layers of any kind (convs, linear layers, attention projections), each
+    measured through its compressed twin (:func:`~mmseg_actcomp.ops.convert.compressed_twin`, the hook's
+    default ``truncate_batch``, which SVD, truncating only the batch mode, sets as the hook does; *plain*:
+    ``center=False``, *centred*: ``center=True``) against the layer's exact weight gradient; ranks, KiB and
+    energy are the twin's ``last_ranks``, ``last_kept_bytes`` and ``last_kept_energy``."""
+    from mmseg_actcomp.hooks import default_options
+    from mmseg_actcomp.ops.convert import compressed_twin
+    truncate_batch = default_options()['truncate_batch']
+    figures = {}
+    for layers, inputs in captured:
+        for path, layer in layers.items():
+            x, dy = inputs[path]
+            exact = layer_weight_gradient(layer, x, dy).flatten()
+            for method in methods:
+                for eps in eps_values:
+                    for variant, center in (('plain', False), ('centred', True)):
+                        twin = compressed_twin(layer, method, explained_variance=eps, center=center,
+                                               truncate_batch=truncate_batch or method == 'svd').train()
+                        approx = layer_weight_gradient(twin, x, dy).flatten()
+                        figures.setdefault((path, method, eps, variant), []).append(
+                            (float(torch.nn.functional.cosine_similarity(approx, exact, dim=0)),
+                             float(approx.norm() / exact.norm()), float(twin.last_kept_energy),
+                             tuple(twin.last_ranks), twin.last_kept_bytes))
+    return _mean_rows(figures)
 
 
 def approximations(x, eps, method):
@@ -100,6 +155,12 @@ def measure(captured, eps_values=(0.7, 0.8, 0.9), methods=('hosvd', 'svd')):
                         cell.append((float(torch.nn.functional.cosine_similarity(approx, exact, dim=0)),
                                      float(approx.norm() / exact.norm()),
                                      float(x_hat.square().sum() / x.square().sum()), ranks, nbytes))
+    return _mean_rows(figures)
+
+
+def _mean_rows(figures):
+    """Rows of :func:`measure` from ``{(layer, method, eps, variant): [(cos, norm ratio, energy, ranks,
+    bytes) per batch]}``: the means over the batches (ranks: the largest)."""
     return [dict(layer=path, method=method, eps=eps, variant=variant, cos=mean(c[0] for c in cells),
                  norm_ratio=mean(c[1] for c in cells), energy=mean(c[2] for c in cells),
                  ranks=[max(c[3][i] for c in cells) for i in range(len(cells[0][3]))],
@@ -156,53 +217,51 @@ SUBSPACES, SUBSPACE_EPS, ESTIMATE_BATCHES = ('exact', 'warm', 'frozen'), 0.8, 2
 
 def measure_subspaces(captured):
     """Rows ``{layer, subspace, cos, norm_ratio, energy, ranks}`` for HOSVD eps :data:`SUBSPACE_EPS`: each
-    layer's twin :class:`~mmseg_actcomp.ops.HOSVDConv2d` per subspace option fed the layer's inputs of the
+    layer's HOSVD twin (:func:`~mmseg_actcomp.ops.convert.compressed_twin`) per subspace option fed its inputs of the
     consecutive batches of ``captured`` (:func:`captured_batches`); figures the mean over the batches after
     the first :data:`ESTIMATE_BATCHES` (ranks: the largest), ``energy`` the layer's ``last_kept_energy``."""
     from mmseg_actcomp.hooks import default_options
-    from mmseg_actcomp.ops import HOSVDConv2d
+    from mmseg_actcomp.ops.convert import compressed_twin
     truncate_batch = default_options()['truncate_batch']
     rows = []
-    for path, conv in captured[0][0].items():
+    for path, layer in captured[0][0].items():
         for subspace in SUBSPACES:
-            twin = HOSVDConv2d.from_conv(conv, SUBSPACE_EPS, center=True, subspace=subspace,
-                                         subspace_batches=ESTIMATE_BATCHES if subspace == 'frozen' else 8,
-                                         truncate_batch=truncate_batch)
-            twin.train()
+            twin = compressed_twin(layer, 'hosvd', explained_variance=SUBSPACE_EPS, center=True, subspace=subspace,
+                                   subspace_batches=ESTIMATE_BATCHES if subspace == 'frozen' else 8,
+                                   truncate_batch=truncate_batch).train()
             cells = []
             for index, (_, inputs) in enumerate(captured):
                 x, dy = inputs[path]
-                approx, = torch.autograd.grad(twin(x), twin.weight, dy)
+                approx = layer_weight_gradient(twin, x, dy).flatten()
                 if index >= ESTIMATE_BATCHES:
-                    exact = weight_gradient(conv, x, dy).flatten()
-                    approx = approx.flatten()
+                    exact = layer_weight_gradient(layer, x, dy).flatten()
                     cells.append((float(torch.nn.functional.cosine_similarity(approx, exact, dim=0)),
                                   float(approx.norm() / exact.norm()), float(twin.last_kept_energy),
                                   twin.last_ranks))
             rows.append(dict(layer=path, subspace=subspace, cos=mean(c[0] for c in cells),
                              norm_ratio=mean(c[1] for c in cells), energy=mean(c[2] for c in cells),
-                             ranks=[max(c[3][i] for c in cells) for i in range(4)]))
+                             ranks=[max(c[3][i] for c in cells) for i in range(len(cells[0][3]))]))
     return rows
 
 
-def captured_batches(checkpoint, batches):
-    """``[(convs, {path: (x, dy)}), ...]`` per training batch, the first ``batches`` of them, the network
-    run vanilla from ``checkpoint``."""
+def captured_batches(checkpoint, batches, config=CONFIG):
+    """``[(layers, {path: (x, dy)}), ...]`` per training batch of ``config``, the first ``batches`` of them,
+    the network run vanilla from ``checkpoint`` (``layers``: the layers its hook chooses, path -> module)."""
     from mmseg_actcomp.apis.segmentor import (SegmentorLoss, apply_compression_hook, build_segmentor,
                                               load_config, set_train_mode, train_batches)
-    cfg = load_config(osp.join(REPO, CONFIG))
+    cfg = load_config(osp.join(REPO, config))
     data = train_batches(cfg, batches)
     model = build_segmentor(cfg, checkpoint)
     region, paths = apply_compression_hook(cfg, model)
     set_train_mode(model, region)
     loss_of = SegmentorLoss(model)
-    convs = {p: model.get_submodule(p) for p in paths}
+    layers = {p: model.get_submodule(p) for p in paths}
     captured = []
     for batch in data:
-        with InputAndGradient(convs) as probe:
+        with InputAndGradient(layers) as probe:
             loss_of(batch).backward()
         model.zero_grad(set_to_none=True)
-        captured.append((convs, {p: (probe.seen[p]['x'], probe.seen[p]['dy']) for p in paths}))
+        captured.append((layers, {p: (probe.seen[p]['x'], probe.seen[p]['dy']) for p in paths}))
     return captured
 
 
@@ -228,20 +287,31 @@ def subspace_section(rows, batches):
     return lines + ['']
 
 
-def markdown(results, command, seconds):
-    """The page: ``results`` is ``[(checkpoint, rows of measure(), rows of measure_modes(), rows of
-    measure_subspaces(), its batches), ...]``."""
-    lines = ['# Weight-gradient fidelity of compressed convs, per layer', '',
+def markdown(results, command, seconds, twins=False):
+    """The page: ``results`` is ``[(checkpoint, rows of measure() or measure_layers(), rows of
+    measure_modes() or None, rows of measure_subspaces(), its batches), ...]``; ``twins``: the method rows
+    come from :func:`measure_layers`."""
+    title = 'layers (convs, linear layers, attention projections)' if twins else 'convs'
+    lines = [f'# Weight-gradient fidelity of compressed {title}, per layer', '',
              f'Written by `{command}` ({seconds:.0f} s on this machine). Do not edit: rerun the command.', '',
              'KiB: what the layer keeps of its input (core and factors; centred: also the mean). '
              'cos: cosine similarity of the weight gradient from the decomposed input with the exact one; '
              'norm: its norm over the exact one\'s; energy: ||x_hat||^2 / ||x||^2; ranks: the largest '
              'over the batches (B, C, H, W for HOSVD; B for SVD). *centred*: the per-channel mean over '
              '(B, H, W) kept exactly, the rest decomposed at the same ε.', '']
+    if twins:
+        lines += ['Here every figure is the compressed layer\'s own (the twin the hook swaps in, sharing the '
+                  'layer\'s weights), with the hook\'s default `truncate_batch` (HOSVD keeps the batch mode whole): '
+                  'a conv\'s ranks are B, C, H, W, a linear layer\'s or attention projection\'s B, N, C (batch, '
+                  'tokens, channels), its centring the mean over batch and tokens. An attention projection\'s '
+                  'weight gradient is that of its rows of `in_proj_weight`. SegFormer-MiT-B0 was trained from '
+                  f'random weights on the source task (`{SEGFORMER_SOURCE}`; no MiT weights ship here) and is fed '
+                  'the target task\'s batches.', '']
     for checkpoint, rows, mode_rows, subspace_rows, batches in results:
         lines += [f'## Weights: `{checkpoint}`', '']
         lines += _method_sections(rows)
-        lines += modes_section(mode_rows)
+        if mode_rows is not None:
+            lines += modes_section(mode_rows)
         lines += subspace_section(subspace_rows, batches)
     return '\n'.join(lines)
 
@@ -273,9 +343,12 @@ def _method_sections(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--checkpoints', nargs='+', default=CHECKPOINTS,
-                   help="trained weights (default: the learning benchmark's calibrated start and the end of "
-                        'its first HOSVD eps 0.8 run)')
+    p.add_argument('--model', choices=list(MODELS), default='deeplabv3',
+                   help='the network and layers measured: DeepLabV3-MobileNetV2 (the learning benchmark\'s 10 '
+                        'convs) or SegFormer-MiT-B0 (its last MiT block and head, trained on the source task)')
+    p.add_argument('--checkpoints', nargs='+',
+                   help="trained weights (default: deeplabv3: the learning benchmark's calibrated start and the "
+                        'ends of its first HOSVD eps 0.8 and default runs; segformer: its source-task training)')
     p.add_argument('--batches', type=int, default=3)
     p.add_argument('--eps', type=float, nargs='+', default=[0.7, 0.8, 0.9])
     p.add_argument('--subspace-batches', type=int, default=5,
@@ -287,19 +360,23 @@ def main(argv=None):
         p.error(f'--batches must be >= 1, got {args.batches}')
     if args.subspace_batches <= ESTIMATE_BATCHES:
         p.error(f'--subspace-batches must be > {ESTIMATE_BATCHES}, got {args.subspace_batches}')
+    config, default_checkpoints, twins, make_command = MODELS[args.model]
+    args.checkpoints = args.checkpoints or default_checkpoints
     for checkpoint in args.checkpoints:
         if not osp.isfile(osp.join(REPO, checkpoint)):
-            sys.exit(f'no checkpoint at {checkpoint}: run python benchmarks/finetune.py first (it writes '
-                     'the default ones), or give --checkpoints')
+            sys.exit(f'no checkpoint at {checkpoint}: run `{make_command}` first (it writes the default '
+                     'ones), or give --checkpoints')
     start = time.time()
     results = []
-    for checkpoint in args.checkpoints:  # one vanilla pass per batch, shared by both sections
-        captured = captured_batches(osp.join(REPO, checkpoint), max(args.batches, args.subspace_batches))
-        results.append((checkpoint, measure(captured[:args.batches], tuple(args.eps)),
-                        measure_modes(captured[:args.batches], tuple(args.eps)),
+    for checkpoint in args.checkpoints:  # one vanilla pass per batch, shared by the sections
+        captured = captured_batches(osp.join(REPO, checkpoint), max(args.batches, args.subspace_batches), config)
+        eps = tuple(args.eps)
+        results.append((checkpoint,
+                        (measure_layers if twins else measure)(captured[:args.batches], eps),
+                        None if twins else measure_modes(captured[:args.batches], eps),
                         measure_subspaces(captured[:args.subspace_batches]), args.subspace_batches))
     command = 'python benchmarks/grad_fidelity.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
-    text = markdown(results, command.strip(), time.time() - start)
+    text = markdown(results, command.strip(), time.time() - start, twins)
     print(text)
     if args.out:
         with open(osp.join(REPO, args.out), 'w') as f:

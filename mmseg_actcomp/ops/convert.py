@@ -116,6 +116,21 @@ def trained_parameters(layer: nn.Module) -> List[nn.Parameter]:
     return list(layer.parameters())
 
 
+def compressed_twin(layer: nn.Module, method: str, **options) -> nn.Module:
+    """The layer type of ``method`` for ``layer``'s kind (:data:`LAYER_TYPES`) sharing ``layer``'s
+    parameters, built with ``options`` (e.g. ``explained_variance``, ``center``, ``truncate_batch``): what
+    :func:`swap_layers` puts in a model, on its own (e.g. to compare its gradients with ``layer``'s)."""
+    kind = layer_kind(layer)
+    if kind is None:
+        raise TypeError(f'{type(layer).__name__} is none of the {CHOSEN_KINDS}')
+    new_type = LAYER_TYPES[kind].get(method)
+    if new_type is None:
+        kinds = {kind.__name__: sorted(m for m, t in types.items() if t) for kind, types in LAYER_TYPES.items()}
+        raise ValueError(f'method={method!r} has no layer type for {type(layer).__name__}; the methods per kind: '
+                         f'{kinds}')
+    return _twin(new_type, layer, options)
+
+
 def _twin(new_type: type, layer: nn.Module, options: dict) -> nn.Module:
     """A ``new_type`` sharing ``layer``'s parameters (its ``from_conv``, ``from_linear`` or
     ``from_projection``)."""

@@ -212,6 +212,35 @@ def test_grad_fidelity_pieces_are_exact_at_eps_one():
     assert plain.square().sum() < x.square().sum()
 
 
+def test_grad_fidelity_of_any_layer_is_its_compressed_twins_gradient():
+    """measure_layers: a conv, a linear layer and an attention projection, each measured through its
+    compressed twin: exact at eps 1 (cos and norm ratio 1, energy 1), ranks per mode of its input (B, N, C
+    for the linear ones), an attention projection's gradient its rows of in_proj_weight; below 1, less."""
+    import torch
+    from mmseg_actcomp.ops.attention import expose_attention_projections
+    torch.manual_seed(0)
+    attention = torch.nn.Sequential(torch.nn.MultiheadAttention(8, 2, batch_first=True))
+    expose_attention_projections(attention)
+    layers = {'conv': torch.nn.Conv2d(4, 3, 3, padding=1).double(), 'fc': torch.nn.Linear(8, 5).double(),
+              'k_proj': attention[0].double().k_proj}
+    inputs = {'conv': torch.randn(3, 4, 6, 5, dtype=torch.float64), 'fc': torch.randn(3, 7, 8, dtype=torch.float64),
+              'k_proj': torch.randn(3, 7, 8, dtype=torch.float64)}
+    captured = [(layers, {p: (x, torch.randn_like(layers[p](x).detach())) for p, x in inputs.items()})]
+    rows = grad_fidelity.measure_layers(captured, (1.0, 0.3), ('hosvd', 'svd'))
+    assert len(rows) == 3 * 2 * 2 * 2
+    for r in rows:
+        if r['eps'] == 1.0:
+            assert abs(r['cos'] - 1) < 1e-9 and abs(r['norm_ratio'] - 1) < 1e-9 and abs(r['energy'] - 1) < 1e-9, r
+        if r['method'] == 'hosvd':
+            assert len(r['ranks']) == (4 if r['layer'] == 'conv' else 3), r
+    low = [r for r in rows if r['eps'] == 0.3 and r['method'] == 'hosvd' and r['variant'] == 'plain']
+    assert all(r['energy'] < 1 and r['cos'] < 1 for r in low)
+    x, dy = captured[0][1]['k_proj']
+    grad = grad_fidelity.layer_weight_gradient(layers['k_proj'], x, dy)
+    assert grad.shape == (24, 8) and grad[:8].abs().max() == 0 == grad[16:].abs().max()
+    torch.testing.assert_close(grad[8:16], dy.flatten(0, 1).T @ x.flatten(0, 1))
+
+
 def test_grad_fidelity_page_has_a_section_per_checkpoint():
     rows = [dict(layer='decode_head.conv_seg', method='hosvd', eps=0.8, variant=variant, cos=cos, norm_ratio=0.5,
                  energy=0.9, ranks=[1, 2, 1, 1], kib=1.5) for variant, cos in (('plain', 0.25), ('centred', 0.75))]
@@ -230,6 +259,11 @@ def test_grad_fidelity_page_has_a_section_per_checkpoint():
     assert ('| decode_head.conv_seg | 0.8 | 1x2x1x1 | 1.5 | 0.900 | 0.250 | 0.500 | 1x2x1x1 | 1.5 | 0.900 | 0.750 |'
             in text)
     assert '- hosvd ε 0.8, centred: mean cos 0.750' in text
+    twins = grad_fidelity.markdown([('c.pth', rows, None, subspace_rows, 5)], 'python benchmarks/grad_fidelity.py '
+                                   '--model segformer', 3, twins=True)
+    assert '# Weight-gradient fidelity of compressed layers (convs, linear layers' in twins
+    assert 'which truncated mode' not in twins and twins.count(': subspace options') == 1
+    assert grad_fidelity.SEGFORMER_SOURCE in twins
 
 
 def test_grad_fidelity_modes_truncate_only_the_named_modes():

@@ -97,6 +97,19 @@ def test_paths_that_are_not_convs_or_linear_layers_are_named():
         FineTuneRegion(num_layers=7).apply(model, example_forward(model))
 
 
+def test_a_compressed_twin_shares_the_layers_parameters_and_bad_kinds_are_named():
+    from mmseg_actcomp.ops.convert import compressed_twin
+    linear = nn.Linear(4, 3)
+    twin = compressed_twin(linear, 'svd', explained_variance=0.7, center=False)
+    assert type(twin) is SVDLinear and twin.weight is linear.weight and twin.explained_variance == 0.7
+    assert type(compressed_twin(nn.Conv2d(2, 2, 1), 'hosvd')) is HOSVDConv2d
+    with pytest.raises(ValueError, match=r"method='gradfilt' has no layer type for Linear; the methods per kind: "
+                                         r"\{'Conv2d': \['gradfilt', 'hosvd', 'svd'\], 'Linear': \['hosvd', 'svd'\]"):
+        compressed_twin(linear, 'gradfilt')
+    with pytest.raises(TypeError, match='LayerNorm is none of the convolutions, linear layers'):
+        compressed_twin(nn.LayerNorm(4), 'hosvd')
+
+
 def test_gradient_filter_on_a_linear_layer_is_a_clear_error():
     """Gradient Filter's patches are spatial: a linear layer chosen for it raises naming the layer, whether
     named or counted by num_layers; its convolutions still take it."""
