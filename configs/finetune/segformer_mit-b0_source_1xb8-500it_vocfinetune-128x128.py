@@ -11,3 +11,4 @@ train_cfg = dict(max_iters=500, val_interval=500)
 # from scratch: mmseg's rates for fine-tuning MiT (6e-5, the head x10) learn too slowly in 500 iterations
 optim_wrapper = dict(optimizer=dict(lr=0.001), paramwise_cfg=dict(custom_keys=dict(head=dict(lr_mult=1.))))
 default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=500))
+randomness = dict(seed=0)
