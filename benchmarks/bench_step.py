@@ -138,8 +138,8 @@ def _weights_note(cfg, seed: int) -> Dict[str, object]:
                              f'them with:\n  {CONVERT_COMMAND.format(path=path)}')
         return {'pretrained': True, 'note': f'ImageNet backbone weights ({path}), head random (seed {seed}): '
                 'real features, so the ranks and the estimate mean something'}
-    return {'pretrained': False, 'note': f'random init (seed {seed}): activations of random weights have '
-            'ranks ~1 at this eps, so the estimate is tiny and not what fine-tuning a trained net keeps'}
+    return {'pretrained': False, 'note': f'random init (seed {seed}): the ranks of random weights\' activations '
+            '(and so the estimate) say nothing about what fine-tuning a trained net keeps'}
 
 
 def _cp_model(cfg, base: torch.nn.Module) -> torch.nn.Module:
@@ -263,6 +263,7 @@ def bench_config(config: str, num_batches: int = 3, steps: int = 5, warmup: int 
     from mmseg.registry import HOOKS
 
     import mmseg_actcomp  # noqa: F401  (registers the hook and layers, as custom_imports would)
+    from mmseg_actcomp.hooks import default_options
     from mmseg_actcomp.memory import build_report, measure_steps
     from mmseg_actcomp.apis.segmentor import (SegmentorLoss, build_segmentor, compression_hook_cfg, fit_budget,
                                                 load_config, set_train_mode, train_batches)
@@ -315,7 +316,8 @@ def bench_config(config: str, num_batches: int = 3, steps: int = 5, warmup: int 
         'config': config, 'device': str(device),
         'model': f"{cfg.model.type}/{cfg.model.backbone.type}/{cfg.model.decode_head.type}",
         'weights': weights, 'batch_shape': list(runs[BASELINE]['loss'].input_shape),
-        'num_batches': len(batches), 'explained_variance': hook_cfg.get('explained_variance'),
+        'num_batches': len(batches),
+        'explained_variance': hook_cfg.get('explained_variance', default_options()['explained_variance']),
         'layers': layer_paths, 'optimizer': dict(type='SGD', **optim_args),
         'with_cp': {'checkpointed': checkpointed,
                     'not_checkpointed': [b for b, on in cp_blocks.items() if not on],
@@ -427,8 +429,7 @@ def summary_lines(results: Sequence[dict]) -> List[str]:
         random = [x for x, (_, _, _, r) in zip(over, relu) if not r['weights']['pretrained']]
         pretrained = [x for x, (_, _, _, r) in zip(over, relu) if r['weights']['pretrained']]
         if random:
-            line += (f"; with random-init weights the ranks are ~1, so the estimate is tiny (masks "
-                     f"{_span(random, 1)} it)")
+            line += f"; with random-init weights the masks are {_span(random, 1)} the estimate"
         if pretrained:
             line += f"; with ImageNet weights the masks are still {_span(pretrained, 1)} the estimate"
         lines.append(line + '.')
