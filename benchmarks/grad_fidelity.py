@@ -33,15 +33,21 @@ weights ship here), fed the target task: its last MiT block (the attention's que
 projections, the Mix-FFN's three convs) and the head's six convs. There every layer, conv or linear, is
 measured through the compressed layer the hook would put in its place (:func:`measure_layers`: the weight
 gradient that layer computes, with the hook's default ``truncate_batch``), and the modes section, written
-for 4-mode conv inputs, is left out.
+for 4-mode conv inputs, is left out. A last section there measures what the lean region's quantized saves
+cost (:func:`lean_figures`): each GELU (its derivative in ``gelu_bits``), LayerNorm and BatchNorm2d (their
+normalised or whole input in ``norm_input_bits``) on the gradient's path, its input gradient at each bits
+against the op's own; then the fine-tuned layers' weight gradients with the whole region made lean at the
+hook's defaults and at each op family's bits.
 """
 import argparse
+import copy
 import os.path as osp
 import sys
 import time
 from statistics import mean
 
 import torch
+from torch import nn
 from torch.nn.grad import conv2d_weight
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -51,7 +57,8 @@ CHECKPOINTS = ['work_dirs/finetune/calibrate/iter_100.pth', 'work_dirs/finetune/
 SEGFORMER_SOURCE = 'configs/finetune/segformer_mit-b0_source_1xb8-500it_vocfinetune-128x128.py'
 SEGFORMER_WORK_DIR = 'work_dirs/finetune/segformer/source'
 #: --model: (the config whose hook names the layers, run vanilla on the target task; the default checkpoints;
-#: whether the layers are measured through their compressed twins; how to make the checkpoints)
+#: whether the layers are measured through their compressed twins, and the lean region's ops too; how to
+#: make the checkpoints)
 MODELS = {
     'deeplabv3': (CONFIG, CHECKPOINTS, False, 'python benchmarks/finetune.py'),
     'segformer': ('configs/finetune/segformer_mit-b0_none-13L_1xb8-100it_vocfinetune-128x128.py',
@@ -64,7 +71,8 @@ MODE_SETS = {'all four (the paper)': (0, 1, 2, 3), 'batch': (0,), 'channel': (1,
 
 
 class InputAndGradient:
-    """Captures each watched layer's input ``x`` and output gradient ``dy`` of one forward+backward."""
+    """Captures each watched layer's input ``x`` and output gradient ``dy`` of one forward+backward (a layer
+    whose output needs no gradient, e.g. a norm before every fine-tuned layer, is left out)."""
 
     def __init__(self, layers):
         self.layers, self.seen, self.handles = layers, {}, []
@@ -76,6 +84,8 @@ class InputAndGradient:
 
     def _forward(self, path):
         def hook(module, args, output):
+            if not output.requires_grad:
+                return
             x = args[0].detach()
             self.seen[path] = {'x': x}
             output.register_hook(lambda dy: self.seen[path].__setitem__('dy', dy.detach()))
@@ -244,9 +254,10 @@ def measure_subspaces(captured):
     return rows
 
 
-def captured_batches(checkpoint, batches, config=CONFIG):
-    """``[(layers, {path: (x, dy)}), ...]`` per training batch of ``config``, the first ``batches`` of them,
-    the network run vanilla from ``checkpoint`` (``layers``: the layers its hook chooses, path -> module)."""
+def vanilla_network(checkpoint, batches, config=CONFIG):
+    """``(model, layer paths, loss of a batch, batches)``: ``config``'s segmentor from ``checkpoint`` with its
+    hook applied (``method='none'``: the chosen layers trainable, nothing compressed), in training mode, and
+    its first ``batches`` training batches."""
     from mmseg_actcomp.apis.segmentor import (SegmentorLoss, apply_compression_hook, build_segmentor,
                                               load_config, set_train_mode, train_batches)
     cfg = load_config(osp.join(REPO, config))
@@ -254,14 +265,24 @@ def captured_batches(checkpoint, batches, config=CONFIG):
     model = build_segmentor(cfg, checkpoint)
     region, paths = apply_compression_hook(cfg, model)
     set_train_mode(model, region)
-    loss_of = SegmentorLoss(model)
+    return model, paths, SegmentorLoss(model), data
+
+
+def captured_batches(checkpoint, batches, config=CONFIG):
+    """``[(layers, {path: (x, dy)}), ...]`` per training batch of ``config``, the first ``batches`` of them,
+    the network run vanilla from ``checkpoint`` (``layers``: the layers its hook chooses, path -> module),
+    in training mode, its dropout and drop-path masks drawn from seed 0 (so that a rerun gives the same
+    figures)."""
+    from mmseg_actcomp.apis.segmentor import seeded_global_rngs
+    model, paths, loss_of, data = vanilla_network(checkpoint, batches, config)
     layers = {p: model.get_submodule(p) for p in paths}
     captured = []
-    for batch in data:
-        with InputAndGradient(layers) as probe:
-            loss_of(batch).backward()
-        model.zero_grad(set_to_none=True)
-        captured.append((layers, {p: (probe.seen[p]['x'], probe.seen[p]['dy']) for p in paths}))
+    with seeded_global_rngs(0):
+        for batch in data:
+            with InputAndGradient(layers) as probe:
+                loss_of(batch).backward()
+            model.zero_grad(set_to_none=True)
+            captured.append((layers, {p: (probe.seen[p]['x'], probe.seen[p]['dy']) for p in paths}))
     return captured
 
 
@@ -287,10 +308,196 @@ def subspace_section(rows, batches):
     return lines + ['']
 
 
+#: the lean-ops section (issue 23): the ops whose backward keeps a quantized tensor instead of their input
+#: (:func:`~mmseg_actcomp.ops.lean.make_lean`), the hook key setting their bits, and the bits measured (the
+#: hook's defaults among them)
+LEAN_OPS = {'GELU': (nn.GELU, 'gelu_bits', (2, 4, 8)),
+            'LayerNorm': (nn.LayerNorm, 'norm_input_bits', (1, 2, 4, 8)),
+            'BatchNorm2d': (nn.BatchNorm2d, 'norm_input_bits', (1, 2, 4, 8))}
+
+
+def lean_copy(module, norm_input_bits=None, gelu_bits=None):
+    """The lean twin the hook's ``lean_region`` puts in place of ``module`` (``make_lean`` with the hook's
+    defaults but these bits; None: that op keeps its input whole), made of a copy: ``module`` and its
+    running statistics are left alone."""
+    from mmseg_actcomp.hooks import default_options
+    from mmseg_actcomp.ops.lean import make_lean
+    options = default_options()
+    holder = nn.Sequential(copy.deepcopy(module))  # make_lean never swaps the root it is given
+    make_lean(holder, options['explained_variance'], options['method'], norm_input_bits, gelu_bits)
+    return holder[0]
+
+
+def op_gradients(op, x, dy):
+    """``(dL/dx, dL/dweight)`` of ``op`` for input ``x`` and output gradient ``dy`` (same shape as ``x``); the
+    second None where ``op`` has no trainable weight."""
+    x = x.detach().requires_grad_()
+    weight = getattr(op, 'weight', None)
+    wanted = [x] + ([weight] if isinstance(weight, nn.Parameter) and weight.requires_grad else [])
+    with torch.enable_grad():
+        grads = torch.autograd.grad(op(x), wanted, dy)
+    return grads[0], grads[1] if len(grads) > 1 else None
+
+
+def relative_error(approx, exact):
+    """``||approx - exact|| / ||exact||`` of two tensors of one shape."""
+    return float((approx - exact).norm() / exact.norm())
+
+
+def dropout_off(model):
+    """Put ``model``'s dropout and drop-path layers in eval mode (identity), so that two runs of it differ
+    only by what they keep for backward."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) or type(module).__name__ == 'DropPath':
+            module.eval()
+    return model
+
+
+def cosine(a, b):
+    """Cosine similarity of two tensors of one shape, in float64 (float32 sums over millions of elements
+    stray above 1)."""
+    return float(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0))
+
+
+def measure_lean_ops(captured, region):
+    """Rows ``{op, kind, in_region, bits, dx_error, dx_cos, dw_error}``: each op of :data:`LEAN_OPS` in
+    ``captured`` (``[{path: (op, x, dy)}]`` per batch) made lean (:func:`lean_copy`) at each of its bits,
+    against the op itself: the relative error and cosine of its input gradient, the relative error of its
+    weight's gradient (None where frozen); means over the batches. ``in_region``: the op is inside one of
+    the ``region`` modules (the modules the hook makes lean)."""
+    inside = {id(m) for root in region for m in root.modules()}
+    rows = []
+    for path, (op, _, _) in captured[0].items():
+        kind = next(name for name, (cls, _, _) in LEAN_OPS.items() if isinstance(op, cls))
+        _, key, bits_values = LEAN_OPS[kind]
+        for bits in bits_values:
+            twin = lean_copy(op, **{key: bits})
+            cells = []
+            for batch in captured:
+                _, x, dy = batch[path]
+                (dx, dw), (dx_hat, dw_hat) = op_gradients(copy.deepcopy(op), x, dy), op_gradients(twin, x, dy)
+                cells.append((relative_error(dx_hat, dx), cosine(dx_hat, dx),
+                              None if dw is None else relative_error(dw_hat, dw)))
+            rows.append(dict(op=path, kind=kind, bits=bits, in_region=id(op) in inside,
+                             dx_error=mean(c[0] for c in cells), dx_cos=mean(c[1] for c in cells),
+                             dw_error=None if cells[0][2] is None else mean(c[2] for c in cells)))
+    return rows
+
+
+def lean_settings():
+    """``[(norm_input_bits, gelu_bits), ...]`` the whole region is measured at: nothing quantized (the
+    harness's own check: cos 1), the hook's defaults, then each op family's bits with the other kept whole."""
+    from mmseg_actcomp.hooks import default_options
+    options = default_options()
+    return ([(None, None), (options['norm_input_bits'], options['gelu_bits'])]
+            + [(None, b) for b in LEAN_OPS['GELU'][2]] + [(b, None) for b in LEAN_OPS['BatchNorm2d'][2]])
+
+
+def fine_tuned_gradients(model, paths, loss_of, data):
+    """``[{path: dL/dP}]`` per batch of ``data``: the gradient of each fine-tuned layer's Parameter ``P``
+    (layers sharing one, an attention's query/key/value projections, give it once, under the first path)."""
+    from mmseg_actcomp.ops.convert import trained_parameters
+    weights = {}
+    for path in paths:
+        weight = trained_parameters(model.get_submodule(path))[0]
+        if all(weight is not w for w in weights.values()):
+            weights[path] = weight
+    grads = []
+    for batch in data:
+        loss_of(batch).backward()
+        grads.append({p: w.grad.detach().clone() for p, w in weights.items()})
+        model.zero_grad(set_to_none=True)
+    return grads
+
+
+def measure_lean_region(model, paths, region, data, loss_function=None):
+    """Rows ``{norm_input_bits, gelu_bits, mean_cos, min_cos, min_layer, mean_norm_ratio}``: the fine-tuned
+    layers' weight gradients with the ``region`` modules made lean (as the hook does, on a copy of ``model``,
+    dropout off in both) at each of :func:`lean_settings`, against ``model``'s own; cosines per layer are
+    means over the batches, ``min`` the worst layer. ``loss_function``: network -> (batch -> loss), by
+    default the segmentor's (:class:`~mmseg_actcomp.apis.segmentor.SegmentorLoss`)."""
+    from mmseg_actcomp.apis.segmentor import SegmentorLoss
+    from mmseg_actcomp.hooks import default_options
+    from mmseg_actcomp.ops.lean import make_lean
+    options, loss_function = default_options(), loss_function or SegmentorLoss
+    dropout_off(model)
+    exact = fine_tuned_gradients(model, paths, loss_function(model), data)
+    rows = []
+    for norm_bits, gelu_bits in lean_settings():
+        lean = copy.deepcopy(model)
+        for root in region:
+            make_lean(lean.get_submodule(root), options['explained_variance'], options['method'], norm_bits, gelu_bits)
+        approx = fine_tuned_gradients(dropout_off(lean), paths, loss_function(lean), data)
+        cos = {p: mean(cosine(a[p], e[p]) for a, e in zip(approx, exact)) for p in exact[0]}
+        ratio = mean(float(a[p].norm() / e[p].norm()) for a, e in zip(approx, exact) for p in e)
+        worst = min(cos, key=cos.get)
+        rows.append(dict(norm_input_bits=norm_bits, gelu_bits=gelu_bits, mean_cos=mean(cos.values()),
+                         min_cos=cos[worst], min_layer=worst, mean_norm_ratio=ratio, layers=len(cos)))
+    return rows
+
+
+def lean_figures(checkpoint, batches, config):
+    """``(rows of measure_lean_ops(), rows of measure_lean_region())`` of ``config``'s network from
+    ``checkpoint`` on its first ``batches`` training batches: the ops of :data:`LEAN_OPS` measured are those
+    the gradient passes through on its way to a fine-tuned layer (inside the hook's region or not)."""
+    from mmseg_actcomp.ops.region import region_modules
+    model, paths, loss_of, data = vanilla_network(checkpoint, batches, config)
+    region = sorted(set(region_modules(paths)) - set(paths))
+    kinds = tuple(cls for cls, _, _ in LEAN_OPS.values())
+    ops = {p: m for p, m in model.named_modules() if isinstance(m, kinds)}
+    captured = []
+    dropout_off(model)
+    for batch in data:
+        with InputAndGradient(ops) as probe:
+            loss_of(batch).backward()
+        model.zero_grad(set_to_none=True)
+        captured.append({p: (ops[p], seen['x'], seen['dy']) for p, seen in probe.seen.items() if 'dy' in seen})
+    return (measure_lean_ops(captured, [model.get_submodule(r) for r in region]),
+            measure_lean_region(model, paths, region, data))
+
+
+def lean_section(op_rows, region_rows, batches):
+    """The markdown of :func:`lean_figures`' rows."""
+    def bits(value):
+        return 'whole' if value is None else str(value)
+
+    lines = ['### Lean region ops: what their quantized saves cost the gradients', '',
+             f'Over {batches} batches, dropout and drop path off. Per op: each GELU, LayerNorm and BatchNorm2d '
+             'the gradient passes through on its way to a fine-tuned layer, made lean as the hook\'s `lean_region` '
+             'makes it (GELU: its derivative kept in `gelu_bits`; a norm on batch statistics: its input, a '
+             'LayerNorm: its normalised input, in `norm_input_bits`), against the op itself: the relative error '
+             '`||g\' - g|| / ||g||` and cosine of its input gradient, the relative error of its weight\'s gradient '
+             'where that trains. *region*: inside a module the hook makes lean (the others keep their input whole '
+             'and are measured as they would be there).', '',
+             '| op | kind | region | bits | input-gradient error | input-gradient cos | weight-gradient error |',
+             '| --- | --- | --- | --- | --- | --- | --- |']
+    for r in op_rows:
+        weight = '' if r['dw_error'] is None else f"{r['dw_error']:.4f}"
+        lines.append(f"| {r['op']} | {r['kind']} | {'yes' if r['in_region'] else 'no'} | {r['bits']} | "
+                     f"{r['dx_error']:.4f} | {r['dx_cos']:.4f} | {weight} |")
+    lines.append('')
+    for kind in dict.fromkeys(r['kind'] for r in op_rows):
+        for b in dict.fromkeys(r['bits'] for r in op_rows if r['kind'] == kind):
+            cells = [r for r in op_rows if r['kind'] == kind and r['bits'] == b]
+            low, high = (f'{100 * f(r["dx_error"] for r in cells):.1f}' for f in (min, max))
+            lines.append(f'- {kind} at {b} bit{"s" * (b > 1)}: input gradient off by '
+                         f'{low if low == high else f"{low}-{high}"} % ({len(cells)} of them)')
+    lines += ['', 'Through the whole region: the fine-tuned layers\' weight gradients with every region module '
+              'made lean at these bits (on a copy of the network) against vanilla\'s; mean and worst cosine over '
+              'the layers (an attention\'s query, key and value share one Parameter: counted once), '
+              'each the mean over the batches.', '',
+              '| norm_input_bits | gelu_bits | layers | mean cos | worst cos | worst layer | mean norm ratio |',
+              '| --- | --- | --- | --- | --- | --- | --- |']
+    for r in region_rows:
+        lines.append(f"| {bits(r['norm_input_bits'])} | {bits(r['gelu_bits'])} | {r['layers']} | {r['mean_cos']:.4f} | "
+                     f"{r['min_cos']:.4f} | {r['min_layer']} | {r['mean_norm_ratio']:.4f} |")
+    return lines + ['']
+
+
 def markdown(results, command, seconds, twins=False):
     """The page: ``results`` is ``[(checkpoint, rows of measure() or measure_layers(), rows of
-    measure_modes() or None, rows of measure_subspaces(), its batches), ...]``; ``twins``: the method rows
-    come from :func:`measure_layers`."""
+    measure_modes() or None, rows of measure_subspaces(), its batches, lean_figures() or None), ...]``;
+    ``twins``: the method rows come from :func:`measure_layers`."""
     title = 'layers (convs, linear layers, attention projections)' if twins else 'convs'
     lines = [f'# Weight-gradient fidelity of compressed {title}, per layer', '',
              f'Written by `{command}` ({seconds:.0f} s on this machine). Do not edit: rerun the command.', '',
@@ -307,12 +514,14 @@ def markdown(results, command, seconds, twins=False):
                   'weight gradient is that of its rows of `in_proj_weight`. SegFormer-MiT-B0 was trained from '
                   f'random weights on the source task (`{SEGFORMER_SOURCE}`; no MiT weights ship here) and is fed '
                   'the target task\'s batches.', '']
-    for checkpoint, rows, mode_rows, subspace_rows, batches in results:
+    for checkpoint, rows, mode_rows, subspace_rows, batches, lean in results:
         lines += [f'## Weights: `{checkpoint}`', '']
         lines += _method_sections(rows)
         if mode_rows is not None:
             lines += modes_section(mode_rows)
         lines += subspace_section(subspace_rows, batches)
+        if lean is not None:
+            lines += lean_section(*lean)
     return '\n'.join(lines)
 
 
@@ -374,7 +583,9 @@ def main(argv=None):
         results.append((checkpoint,
                         (measure_layers if twins else measure)(captured[:args.batches], eps),
                         None if twins else measure_modes(captured[:args.batches], eps),
-                        measure_subspaces(captured[:args.subspace_batches]), args.subspace_batches))
+                        measure_subspaces(captured[:args.subspace_batches]), args.subspace_batches,
+                        (*lean_figures(osp.join(REPO, checkpoint), args.batches, config), args.batches)
+                        if twins else None))
     command = 'python benchmarks/grad_fidelity.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     text = markdown(results, command.strip(), time.time() - start, twins)
     print(text)

@@ -248,8 +248,8 @@ def test_grad_fidelity_page_has_a_section_per_checkpoint():
                           ranks=[4, 8, 3, 3]) for s in grad_fidelity.SUBSPACES]
     mode_rows = [dict(layer='decode_head.conv_seg', eps=0.8, modes=m, cos=0.5 + i / 10, kib=2.0)
                  for i, m in enumerate(grad_fidelity.MODE_SETS)]
-    text = grad_fidelity.markdown([('a.pth', rows, mode_rows, subspace_rows, 5),
-                                   ('b.pth', rows, mode_rows, subspace_rows, 5)],
+    text = grad_fidelity.markdown([('a.pth', rows, mode_rows, subspace_rows, 5, None),
+                                   ('b.pth', rows, mode_rows, subspace_rows, 5, None)],
                                   'python benchmarks/grad_fidelity.py', 3)
     assert text.count('## Weights: ') == 2 and '## Weights: `b.pth`' in text
     assert text.count(': subspace options') == 2
@@ -259,11 +259,83 @@ def test_grad_fidelity_page_has_a_section_per_checkpoint():
     assert ('| decode_head.conv_seg | 0.8 | 1x2x1x1 | 1.5 | 0.900 | 0.250 | 0.500 | 1x2x1x1 | 1.5 | 0.900 | 0.750 |'
             in text)
     assert '- hosvd ε 0.8, centred: mean cos 0.750' in text
-    twins = grad_fidelity.markdown([('c.pth', rows, None, subspace_rows, 5)], 'python benchmarks/grad_fidelity.py '
-                                   '--model segformer', 3, twins=True)
+    op_rows = [dict(op='ffn.act', kind='GELU', bits=b, in_region=True, dx_error=e, dx_cos=0.99, dw_error=None)
+               for b, e in ((2, 0.18), (4, 0.04), (8, 0.002))]
+    op_rows += [dict(op=f'head.{i}.bn', kind='BatchNorm2d', bits=2, in_region=i == 0, dx_error=0.05 * (i + 1),
+                     dx_cos=0.999, dw_error=0.1) for i in range(2)]
+    region_rows = [dict(norm_input_bits=None, gelu_bits=None, mean_cos=1.0, min_cos=1.0, min_layer='head.conv',
+                        mean_norm_ratio=1.0, layers=3),
+                   dict(norm_input_bits=2, gelu_bits=4, mean_cos=0.99, min_cos=0.98, min_layer='ffn.fc1',
+                        mean_norm_ratio=1.01, layers=3)]
+    twins = grad_fidelity.markdown([('c.pth', rows, None, subspace_rows, 5, (op_rows, region_rows, 3))],
+                                   'python benchmarks/grad_fidelity.py --model segformer', 3, twins=True)
     assert '# Weight-gradient fidelity of compressed layers (convs, linear layers' in twins
     assert 'which truncated mode' not in twins and twins.count(': subspace options') == 1
     assert grad_fidelity.SEGFORMER_SOURCE in twins
+    assert twins.count('### Lean region ops') == 1 and 'Lean region ops' not in text
+    assert '| head.1.bn | BatchNorm2d | no | 2 | 0.1000 | 0.9990 | 0.1000 |' in twins
+    assert '- GELU at 2 bits: input gradient off by 18.0 % (1 of them)' in twins
+    assert '- BatchNorm2d at 2 bits: input gradient off by 5.0-10.0 % (2 of them)' in twins
+    assert '| whole | whole | 3 | 1.0000 | 1.0000 | head.conv | 1.0000 |' in twins
+    assert '| 2 | 4 | 3 | 0.9900 | 0.9800 | ffn.fc1 | 1.0100 |' in twins
+
+
+def test_grad_fidelity_lean_ops_are_exact_whole_and_lose_less_with_more_bits():
+    """measure_lean_ops / measure_lean_region on a small network (conv, BN, GELU, LayerNorm over channels,
+    linear): every op keeping its input whole gives the op's own gradients (error 0, cos 1); quantized,
+    the error falls as the bits rise; ops outside the region are flagged; the whole region at nothing
+    quantized gives vanilla's weight gradients, at 1-bit norms worse ones than at 8."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.GELU())
+            self.norm = nn.LayerNorm(8)
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.head(self.norm(self.block(x).permute(0, 2, 3, 1)))
+
+    torch.manual_seed(0)
+    net = Net().double()
+    for p in net.block[1].parameters():
+        p.requires_grad_(False)
+    ops = {'block.1': net.block[1], 'block.2': net.block[2], 'norm': net.norm}
+    batches = [torch.randn(4, 3, 7, 5, dtype=torch.float64) for _ in range(2)]
+    captured = []
+    for x in batches:
+        with grad_fidelity.InputAndGradient(ops) as probe:
+            net(x).square().mean().backward()
+        net.zero_grad(set_to_none=True)
+        captured.append({p: (ops[p], seen['x'], seen['dy']) for p, seen in probe.seen.items()})
+    assert set(captured[0]) == set(ops)
+    rows = grad_fidelity.measure_lean_ops(captured, [net.block])
+    by_key = {(r['op'], r['bits']): r for r in rows}
+    assert len(rows) == 3 + 4 + 4
+    assert by_key[('block.2', 2)]['in_region'] and not by_key[('norm', 2)]['in_region']
+    assert by_key[('block.1', 2)]['dw_error'] is None and by_key[('norm', 2)]['dw_error'] > 0
+    for op, low, high in (('block.1', 1, 8), ('block.2', 2, 8), ('norm', 1, 8)):
+        assert by_key[(op, high)]['dx_error'] < by_key[(op, low)]['dx_error'], op
+        assert 0 < by_key[(op, high)]['dx_error'] < 0.05 and by_key[(op, high)]['dx_cos'] > 0.99, op
+    twin = grad_fidelity.lean_copy(net.block[2], gelu_bits=None)
+    x, dy = captured[0]['block.2'][1:]
+    assert type(twin).__name__ == 'LeanGELU' and twin is not net.block[2]
+    assert grad_fidelity.relative_error(grad_fidelity.op_gradients(twin, x, dy)[0],
+                                        grad_fidelity.op_gradients(net.block[2], x, dy)[0]) < 1e-12
+
+    def loss_function(model):
+        return lambda x: model(x).square().mean()
+
+    region_rows = grad_fidelity.measure_lean_region(net, ['block.0', 'head'], ['block'], batches, loss_function)
+    settings = grad_fidelity.lean_settings()
+    assert [(r['norm_input_bits'], r['gelu_bits']) for r in region_rows] == settings
+    assert settings[0] == (None, None) and len(settings) == 2 + 3 + 4
+    exact, one_bit, eight_bits = region_rows[0], region_rows[settings.index((1, None))], region_rows[-1]
+    assert exact['layers'] == 2 and abs(exact['min_cos'] - 1) < 1e-12 and abs(exact['mean_norm_ratio'] - 1) < 1e-12
+    assert one_bit['min_cos'] < eight_bits['min_cos'] < 1
+    assert type(net.block[1]) is nn.BatchNorm2d  # the network itself was not made lean
 
 
 def test_grad_fidelity_modes_truncate_only_the_named_modes():
