@@ -11,7 +11,7 @@ carries what it is about as attributes, ``None`` when unknown.
 """
 import difflib
 import os.path as osp
-from typing import Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 PLUGIN = 'mmseg_actcomp'
 CUSTOM_IMPORTS_LINE = f"custom_imports = dict(imports=['{PLUGIN}'], allow_failed_imports=False)"
@@ -111,24 +111,33 @@ def _as_dict(cfg) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- registries
-def _registries() -> List:
+def _registries() -> Tuple[List, Dict[str, str]]:
     """Every registry of mmengine's tree (mmengine's roots, mmseg's and any other scope's children),
-    each with its lazily imported modules (``locations``) imported, so that its keys are complete."""
+    each with its lazily imported modules (``locations``) imported, so that its keys are complete.
+
+    Returns ``(registries, failed)``: ``failed`` maps the scope of a registry whose modules raised on
+    import (a half-installed package, e.g. mmpretrain without its torchvision) to the error, so that a
+    check of a config which never uses that package does not end its run; :func:`check_types` names the
+    failure when a type is not found."""
     import mmengine.registry as engine_registries
     import mmseg.registry as seg_registries
     from mmengine.registry import Registry
-    found, todo = [], [r for m in (engine_registries, seg_registries) for r in vars(m).values()
-                       if isinstance(r, Registry)]
+    found, failed = [], {}
+    todo = [r for m in (engine_registries, seg_registries) for r in vars(m).values()
+            if isinstance(r, Registry)]
     while todo:
         reg = todo.pop()
         if any(reg is r for r in found):
             continue
         found.append(reg)
-        reg.import_from_location()
+        try:
+            reg.import_from_location()
+        except Exception as error:  # noqa: BLE001 -- any import error of another package
+            failed.setdefault(reg.scope, f'{type(error).__name__}: {error}')
         todo.extend(reg.children.values())
         if reg.parent is not None:
             todo.append(reg.parent)
-    return found
+    return found, failed
 
 
 def _registry_keys(registries, name: Optional[str] = None) -> Set[str]:
@@ -194,7 +203,7 @@ def check_plugin_imports(cfg) -> None:
     """
     if any(i == PLUGIN or i.startswith(PLUGIN + '.') for i in _imports(cfg)):
         return
-    plugin_types = _plugin_types(_registries())
+    plugin_types = _plugin_types(_registries()[0])
     for key, _, type_name in _typed(_as_dict(cfg)):
         if type_name in plugin_types:
             raise PluginNotImportedError(
@@ -203,12 +212,18 @@ def check_plugin_imports(cfg) -> None:
                 key=key, type_name=type_name)
 
 
+def _import_failures(failed: Dict[str, str]) -> str:
+    """The part of an unknown type's message that says which scopes' modules could not be imported."""
+    return ''.join(f' Not searched: the modules of scope {scope!r} failed to import ({error}); '
+                   f'if the type is one of {scope!r}\'s, fix that install.' for scope, error in failed.items())
+
+
 def check_types(cfg) -> None:
     """Raise :class:`UnknownTypeError` for the first ``type='Name'`` (anywhere in the config) that no
     registry of mmseg's or mmengine's tree can build, with the close names of the registry its place
     builds from ("Did you mean ..."). Scoped names (``'mmdet.X'``) and classes given as objects are
     left to mmengine."""
-    registries = _registries()
+    registries, failed = _registries()
     known = _registry_keys(registries)
     for key, _, type_name in _typed(_as_dict(cfg)):
         if type_name in known or '.' in type_name:
@@ -218,7 +233,7 @@ def check_types(cfg) -> None:
         matches = close_names(type_name, candidates or known)
         kind = f'{registry} type' if registry else 'type in any registry'
         raise UnknownTypeError(f'{type_name!r} is not a registered {kind} (at {key}.type).'
-                               f'{did_you_mean(matches)}',
+                               f'{did_you_mean(matches)}{_import_failures(failed)}',
                                key=key, type_name=type_name, registry=registry, suggestions=matches)
 
 

@@ -178,3 +178,26 @@ def test_measure_error_keeps_the_typed_error_as_its_cause(tmp_path):
     with pytest.raises(MeasureError, match='^train_dataloader: Dataset not found') as error:
         train_batches(cfg, 1)
     assert isinstance(error.value.__cause__, DatasetNotFoundError)
+
+
+@pytest.fixture
+def broken_scope():
+    """A registry under mmengine's MODELS whose modules raise on import, as a half-installed package's do;
+    taken out of the tree afterwards."""
+    from mmengine.registry import MODELS, Registry
+    scope = 'actcomp_broken_install'
+    Registry('model', parent=MODELS, scope=scope, locations=[f'{scope}.models'])
+    yield scope
+    del MODELS.children[scope]
+
+
+def test_a_package_that_fails_to_import_does_not_end_the_checks(broken_scope):
+    cfg = Config.fromfile(SAMPLE_CONFIG)
+    check_types(cfg)  # every type is found elsewhere: the broken package does not matter to this config
+    check_plugin_imports(cfg)
+    cfg.model.decode_head.loss_decode.type = 'CrossEntropyLos'
+    with pytest.raises(UnknownTypeError) as error:
+        check_types(cfg)
+    assert "Did you mean 'CrossEntropyLoss'" in str(error.value)
+    assert (f"the modules of scope '{broken_scope}' failed to import (ModuleNotFoundError: "
+            f"No module named '{broken_scope}')") in str(error.value)
