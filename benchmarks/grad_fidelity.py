@@ -316,15 +316,20 @@ LEAN_OPS = {'GELU': (nn.GELU, 'gelu_bits', (2, 4, 8)),
             'BatchNorm2d': (nn.BatchNorm2d, 'norm_input_bits', (1, 2, 4, 8))}
 
 
-def lean_copy(module, norm_input_bits=None, gelu_bits=None):
-    """The lean twin the hook's ``lean_region`` puts in place of ``module`` (``make_lean`` with the hook's
-    defaults but these bits; None: that op keeps its input whole), made of a copy: ``module`` and its
-    running statistics are left alone."""
+def make_lean_at(module, norm_input_bits=None, gelu_bits=None):
+    """Make ``module``'s children lean in place as the hook's ``lean_region`` does (``make_lean`` with the
+    hook's defaults but these bits; None: that op keeps its input whole); ``module`` itself is not swapped."""
     from mmseg_actcomp.hooks import default_options
     from mmseg_actcomp.ops.lean import make_lean
     options = default_options()
+    make_lean(module, options['explained_variance'], options['method'], norm_input_bits, gelu_bits)
+
+
+def lean_copy(module, norm_input_bits=None, gelu_bits=None):
+    """The lean twin the hook's ``lean_region`` puts in place of ``module`` at these bits
+    (:func:`make_lean_at`), made of a copy: ``module`` and its running statistics are left alone."""
     holder = nn.Sequential(copy.deepcopy(module))  # make_lean never swaps the root it is given
-    make_lean(holder, options['explained_variance'], options['method'], norm_input_bits, gelu_bits)
+    make_lean_at(holder, norm_input_bits, gelu_bits)
     return holder[0]
 
 
@@ -370,12 +375,13 @@ def measure_lean_ops(captured, region):
     for path, (op, _, _) in captured[0].items():
         kind = next(name for name, (cls, _, _) in LEAN_OPS.items() if isinstance(op, cls))
         _, key, bits_values = LEAN_OPS[kind]
+        # on a copy: a BN on batch statistics would update the network's running statistics
+        exact = [op_gradients(copy.deepcopy(op), *batch[path][1:]) for batch in captured]
         for bits in bits_values:
             twin = lean_copy(op, **{key: bits})
             cells = []
-            for batch in captured:
-                _, x, dy = batch[path]
-                (dx, dw), (dx_hat, dw_hat) = op_gradients(copy.deepcopy(op), x, dy), op_gradients(twin, x, dy)
+            for batch, (dx, dw) in zip(captured, exact):
+                dx_hat, dw_hat = op_gradients(twin, *batch[path][1:])
                 cells.append((relative_error(dx_hat, dx), cosine(dx_hat, dx),
                               None if dw is None else relative_error(dw_hat, dw)))
             rows.append(dict(op=path, kind=kind, bits=bits, in_region=id(op) in inside,
@@ -417,16 +423,14 @@ def measure_lean_region(model, paths, region, data, loss_function=None):
     means over the batches, ``min`` the worst layer. ``loss_function``: network -> (batch -> loss), by
     default the segmentor's (:class:`~mmseg_actcomp.apis.segmentor.SegmentorLoss`)."""
     from mmseg_actcomp.apis.segmentor import SegmentorLoss
-    from mmseg_actcomp.hooks import default_options
-    from mmseg_actcomp.ops.lean import make_lean
-    options, loss_function = default_options(), loss_function or SegmentorLoss
+    loss_function = loss_function or SegmentorLoss
     dropout_off(model)
     exact = fine_tuned_gradients(model, paths, loss_function(model), data)
     rows = []
     for norm_bits, gelu_bits in lean_settings():
         lean = copy.deepcopy(model)
         for root in region:
-            make_lean(lean.get_submodule(root), options['explained_variance'], options['method'], norm_bits, gelu_bits)
+            make_lean_at(lean.get_submodule(root), norm_bits, gelu_bits)
         approx = fine_tuned_gradients(dropout_off(lean), paths, loss_function(lean), data)
         cos = {p: mean(cosine(a[p], e[p]) for a, e in zip(approx, exact)) for p in exact[0]}
         ratio = mean(float(a[p].norm() / e[p].norm()) for a, e in zip(approx, exact) for p in e)
